@@ -1,0 +1,232 @@
+"""Parity with Hugging Face models, both ways, to 1e-5 in fp32."""
+
+import logging
+
+import pytest
+import torch
+import transformers
+from conftest import tiny_config
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForPreTraining,
+    BertConfig,
+    GPT2Config,
+)
+
+from pretrain import BertPretraining, CausalLM, SequenceClassifier, SpanQA, Transformer, load_hf, save_hf
+
+ATOL = 1e-5
+BERT = dict(
+    vocab_size=101,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=64,
+    type_vocab_size=2,
+)
+GPT2 = dict(
+    vocab_size=101, n_embd=32, n_layer=2, n_head=4, n_positions=64, n_inner=48, bos_token_id=100, eos_token_id=100
+)
+
+
+def batch(length=12):
+    ids = torch.randint(5, 101, (3, length))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    mask[2, 4:] = 0
+    segments = torch.zeros_like(ids)
+    segments[:, 6:] = 1
+    return ids, mask, segments
+
+
+def close(a, b, mask=None):
+    if mask is not None:
+        a, b = a[mask.bool()], b[mask.bool()]
+    assert (a - b).abs().max().item() < ATOL
+
+
+def mlm_labels(ids, mask):
+    labels = torch.full_like(ids, -100)
+    labels[:, 1::3] = ids[:, 1::3]
+    return labels.masked_fill(mask == 0, -100)
+
+
+@pytest.mark.parametrize("cls_name", ["BertForPreTraining", "BertForMaskedLM", "BertModel"])
+def test_bert_import_parity(cls_name):
+    hf = getattr(transformers, cls_name)(BertConfig(**BERT)).eval()
+    ours = load_hf(hf).eval()
+    ids, mask, seg = batch()
+    a = hf(input_ids=ids, attention_mask=mask, token_type_ids=seg)
+    b = ours(input_ids=ids, attention_mask=mask, token_type_ids=seg)
+    if cls_name == "BertModel":
+        assert isinstance(ours, Transformer)
+        close(a.last_hidden_state, b.last_hidden_state, mask)
+        close(a.pooler_output, b.pooler_output)
+        return
+    logits_name = "prediction_logits" if cls_name == "BertForPreTraining" else "logits"
+    close(getattr(a, logits_name), b.prediction_logits, mask)
+    labels = mlm_labels(ids, mask)
+    kwargs = dict(input_ids=ids, attention_mask=mask, token_type_ids=seg, labels=labels)
+    if cls_name == "BertForPreTraining":
+        close(a.seq_relationship_logits, b.seq_relationship_logits)
+        kwargs["next_sentence_label"] = torch.tensor([0, 1, 1])
+    assert abs(hf(**kwargs).loss.item() - ours(**kwargs).loss.item()) < ATOL
+
+
+@pytest.mark.parametrize("cls_name", ["GPT2LMHeadModel", "GPT2Model"])
+def test_gpt2_import_parity(cls_name):
+    hf = getattr(transformers, cls_name)(GPT2Config(**GPT2)).eval()
+    ours = load_hf(hf).eval()
+    assert isinstance(ours, CausalLM if cls_name == "GPT2LMHeadModel" else Transformer)
+    ids, mask, _ = batch()
+    a = hf(input_ids=ids, attention_mask=mask)
+    b = ours(input_ids=ids, attention_mask=mask)
+    if cls_name == "GPT2Model":
+        close(a.last_hidden_state, b.last_hidden_state, mask)
+        return
+    close(a.logits, b.logits, mask)
+    labels = ids.masked_fill(mask == 0, -100)
+    assert (
+        abs(
+            hf(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+            - ours(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+        )
+        < ATOL
+    )
+
+
+def test_gpt2_greedy_generation_matches_hf():
+    hf = transformers.GPT2LMHeadModel(GPT2Config(**GPT2)).eval()
+    ours = load_hf(hf).eval()
+    prompt = torch.randint(5, 100, (1, 6))
+    theirs = hf.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=15,
+        do_sample=False,
+        min_new_tokens=15,
+        pad_token_id=100,
+    )
+    assert torch.equal(ours.generate(prompt, max_new_tokens=15), theirs)
+
+
+EXPORTS = [
+    (lambda: BertPretraining(tiny_config()), AutoModelForPreTraining, "BertForPreTraining"),
+    (lambda: BertPretraining(tiny_config(), nsp=False), AutoModelForMaskedLM, "BertForMaskedLM"),
+    (lambda: Transformer(tiny_config()), AutoModel, "BertModel"),
+    (lambda: Transformer(tiny_config(segment_vocab_size=0)), AutoModel, "BertModel"),
+    (lambda: CausalLM(tiny_config(causal=True)), AutoModelForCausalLM, "GPT2LMHeadModel"),
+    (lambda: Transformer(tiny_config(causal=True)), AutoModel, "GPT2Model"),
+]
+
+
+@pytest.mark.parametrize("build,auto_cls,arch", EXPORTS, ids=[e[2] + str(i) for i, e in enumerate(EXPORTS)])
+def test_export_round_trip(build, auto_cls, arch, tmp_path):
+    ours = build().eval()
+    for p in ours.parameters():  # non-trivial biases and LayerNorms, so nothing passes by being zero
+        torch.nn.init.normal_(p, std=0.1) if p.dim() == 1 else None
+    save_hf(ours, tmp_path)
+    hf, info = auto_cls.from_pretrained(tmp_path, output_loading_info=True)
+    hf.eval()
+    assert type(hf).__name__ == arch
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    ids, mask, seg = batch()
+    kwargs = dict(input_ids=ids, attention_mask=mask)
+    if not ours.config.causal and ours.config.segment_vocab_size:
+        kwargs["token_type_ids"] = seg
+    a, b = hf(**kwargs), ours(**kwargs)
+    if arch.startswith("BertFor"):
+        close(
+            getattr(a, "prediction_logits", None) if arch == "BertForPreTraining" else a.logits,
+            b.prediction_logits,
+            mask,
+        )
+    elif arch == "GPT2LMHeadModel":
+        close(a.logits, b.logits, mask)
+    else:
+        close(a.last_hidden_state, b.last_hidden_state, mask)
+    back = load_hf(tmp_path).eval()  # ours -> HF directory -> ours
+    assert type(back) is type(ours)
+    back_state = back.state_dict()
+    for name, p in ours.state_dict().items():
+        assert torch.equal(p, back_state[name]), name
+    extra = set(back_state) - set(ours.state_dict())  # a segment-less BERT comes back with one zero row
+    assert all(back_state[k].abs().max() == 0 for k in extra), extra
+    close(back(**kwargs).last_hidden_state, b.last_hidden_state, mask)
+
+
+def test_finetuning_heads_export_and_reload(tmp_path):
+    for model, auto in [
+        (SequenceClassifier(tiny_config(), num_labels=3), transformers.AutoModelForSequenceClassification),
+        (
+            SequenceClassifier(tiny_config(causal=True, pad_token_id=0), num_labels=2),
+            transformers.AutoModelForSequenceClassification,
+        ),
+        (SpanQA(tiny_config()), transformers.AutoModelForQuestionAnswering),
+    ]:
+        model.eval()
+        out = tmp_path / type(model).__name__ / str(model.config.causal)
+        save_hf(model, out)
+        hf, info = auto.from_pretrained(out, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+        ids, mask, _ = batch()
+        ids[mask == 0] = 0  # GPT-2's head finds the last token through pad_token_id
+        a, b = hf.eval()(input_ids=ids, attention_mask=mask), model(input_ids=ids, attention_mask=mask)
+        if isinstance(model, SpanQA):
+            close(a.start_logits, b.start_logits, mask)
+            close(a.end_logits, b.end_logits, mask)
+        else:
+            close(a.logits, b.logits)
+        back = load_hf(out).eval()
+        assert type(back) is type(model)
+        close(back(input_ids=ids, attention_mask=mask).last_hidden_state, b.last_hidden_state, mask)
+
+
+def test_load_from_directory_safetensors_and_bin(tmp_path):
+    hf = transformers.BertForPreTraining(BertConfig(**BERT)).eval()
+    hf.save_pretrained(tmp_path / "st")
+    ids, mask, seg = batch()
+    expected = hf(input_ids=ids, attention_mask=mask).prediction_logits
+    close(load_hf(tmp_path / "st").eval()(ids, mask).prediction_logits, expected, mask)
+    # an old-style .bin checkpoint with gamma/beta LayerNorm names, loaded with weights_only=True
+    legacy = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in hf.state_dict().items()
+    }
+    (tmp_path / "bin").mkdir()
+    torch.save(legacy, tmp_path / "bin" / "pytorch_model.bin")
+    (tmp_path / "bin" / "config.json").write_text((tmp_path / "st" / "config.json").read_text())
+    close(load_hf(tmp_path / "bin").eval()(ids, mask).prediction_logits, expected, mask)
+
+
+def test_missing_pretraining_head_is_an_error_and_finetuning_head_is_reported(tmp_path, caplog):
+    transformers.BertModel(BertConfig(**BERT)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="lacks the head"):
+        load_hf(tmp_path, head="pretraining")
+    with caplog.at_level(logging.WARNING):
+        model = load_hf(tmp_path, head="classification", num_labels=2)
+    assert isinstance(model, SequenceClassifier)
+    assert "newly initialised" in caplog.text and "classifier.weight" in caplog.text
+
+
+def test_unsupported_inputs(tmp_path):
+    with pytest.raises(ValueError, match="unsupported architecture"):
+        load_hf(
+            transformers.RobertaModel(
+                transformers.RobertaConfig(
+                    vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37
+                )
+            )
+        )
+    with pytest.raises(ValueError, match="cannot export.*position_embedding='sinusoidal'"):
+        save_hf(BertPretraining(tiny_config(position_embedding="sinusoidal")), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="cannot export.*post"):
+        save_hf(CausalLM(tiny_config(causal=True, norm_placement="post")), tmp_path / "y")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_hf(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_hf(tmp_path / "does-not-exist")

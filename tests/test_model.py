@@ -1,0 +1,166 @@
+"""The core on its own: causality, masking, generation, overfitting, bad input."""
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from pretrain import BertPretraining, CausalLM, Transformer, TransformerConfig
+
+
+def padded_batch(vocab=101, batch=3, length=12):
+    ids = torch.randint(5, vocab, (batch, length))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    mask[2, 3:] = 0
+    return ids, mask
+
+
+def test_causal_decoder_never_looks_right():
+    model = CausalLM(tiny_config(causal=True)).eval()
+    ids, _ = padded_batch()
+    base = model(ids).logits
+    for t in (0, 4, 10):
+        changed = ids.clone()
+        changed[:, t + 1 :] = torch.randint(5, 101, changed[:, t + 1 :].shape)
+        out = model(changed).logits
+        torch.testing.assert_close(out[:, : t + 1], base[:, : t + 1], rtol=0, atol=1e-6)
+        if t + 1 < ids.size(1):
+            assert not torch.allclose(out[:, t + 1 :], base[:, t + 1 :])
+
+
+def test_encoder_is_bidirectional():
+    model = Transformer(tiny_config()).eval()
+    ids, _ = padded_batch()
+    changed = ids.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % 101
+    assert not torch.allclose(model(ids).last_hidden_state[:, 0], model(changed).last_hidden_state[:, 0])
+
+
+def test_padding_is_invisible_to_real_tokens():
+    for causal in (False, True):
+        model = Transformer(tiny_config(causal=causal)).eval()
+        ids, mask = padded_batch()
+        full = model(ids, attention_mask=mask).last_hidden_state
+        alone = model(ids[1:2, :8]).last_hidden_state
+        torch.testing.assert_close(full[1, :8], alone[0], rtol=0, atol=1e-5)
+
+
+def test_fully_padded_row_is_finite():
+    for causal in (False, True):
+        model = Transformer(tiny_config(causal=causal)).eval()
+        ids, mask = padded_batch()
+        mask[0] = 0
+        out = model(ids, attention_mask=mask)
+        assert torch.isfinite(out.last_hidden_state).all()
+
+
+def test_attention_probabilities_match_fast_path():
+    for causal in (False, True):
+        model = Transformer(tiny_config(causal=causal)).eval()
+        ids, mask = padded_batch()
+        fast = model(ids, attention_mask=mask)
+        slow = model(ids, attention_mask=mask, output_attentions=True)
+        torch.testing.assert_close(fast.last_hidden_state, slow.last_hidden_state, rtol=0, atol=1e-5)
+        assert len(slow.attentions) == 2 and slow.attentions[0].shape == (3, 4, 12, 12)
+        torch.testing.assert_close(slow.attentions[0].sum(-1), torch.ones(3, 4, 12))
+        assert slow.attentions[0][2, :, :, 3:].abs().max() < 1e-6  # padding keys get no weight
+        if causal:
+            assert torch.triu(slow.attentions[1][0], diagonal=1).abs().max() < 1e-6
+
+
+def test_sinusoidal_positions():
+    from pretrain.model import sinusoidal_table
+
+    table = sinusoidal_table(50, 16)
+    pos, i = 7, 3
+    assert table[pos, 2 * i] == pytest.approx(torch.sin(torch.tensor(pos / 10000 ** (2 * i / 16))).item(), abs=1e-6)
+    assert table[pos, 2 * i + 1] == pytest.approx(torch.cos(torch.tensor(pos / 10000 ** (2 * i / 16))).item(), abs=1e-6)
+    model = Transformer(tiny_config(position_embedding="sinusoidal"))
+    assert not any("position" in n for n, _ in model.named_parameters())
+
+
+def test_mlm_head_runs_only_on_labelled_positions():
+    model = BertPretraining(tiny_config()).eval()
+    ids, mask = padded_batch()
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[1, 5], labels[2, 1] = 7, 8, 9
+    out = model(ids, attention_mask=mask, labels=labels)
+    assert out.prediction_logits.shape == (3, 101)
+    full = model(ids, attention_mask=mask).prediction_logits
+    expected = torch.nn.functional.cross_entropy(full.reshape(-1, 101), labels.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_tiny_model_overfits_one_batch(causal):
+    torch.manual_seed(0)
+    cfg = tiny_config(causal=causal, dropout=0.0, attention_dropout=0.0)
+    model = CausalLM(cfg) if causal else BertPretraining(cfg)
+    ids = torch.randint(5, 101, (4, 16))
+    if causal:
+        batch = dict(input_ids=ids, labels=ids)
+    else:
+        labels = torch.full_like(ids, -100)
+        labels[:, ::4] = ids[:, ::4]
+        masked = ids.masked_fill(labels != -100, 4)
+        batch = dict(input_ids=masked, labels=labels, next_sentence_label=torch.tensor([0, 1, 0, 1]))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+
+
+def test_generation_with_cache_equals_without():
+    model = CausalLM(tiny_config(causal=True)).eval()
+    prompt = torch.randint(5, 101, (2, 5))
+    with_cache = model.generate(prompt, max_new_tokens=20, use_cache=True)
+    without = model.generate(prompt, max_new_tokens=20, use_cache=False)
+    assert with_cache.shape == (2, 25)
+    assert torch.equal(with_cache, without)
+
+
+def test_generation_sampling_options_and_stop_token():
+    model = CausalLM(tiny_config(causal=True)).eval()
+    prompt = torch.randint(5, 101, (2, 3))
+    g = torch.Generator().manual_seed(0)
+    out = model.generate(prompt, 10, do_sample=True, temperature=0.8, top_k=5, top_p=0.9, generator=g)
+    assert out.shape == (2, 13) and torch.equal(out[:, :3], prompt)
+    greedy = model.generate(prompt, 10)
+    stop = int(greedy[0, 4])
+    first = 3 + (greedy[0, 3:] == stop).nonzero()[0].item()
+    stopped = model.generate(prompt[:1], 10, eos_token_id=stop)
+    assert stopped.shape[1] == first + 1 and stopped[0, -1] == stop
+    assert torch.equal(stopped[0], greedy[0, : first + 1])
+    # top_k=1 sampling is greedy
+    assert torch.equal(model.generate(prompt, 10, do_sample=True, top_k=1, generator=g), greedy)
+
+
+def test_kv_cache_step_costs_one_position():
+    model = CausalLM(tiny_config(causal=True)).eval()
+    prompt = torch.randint(5, 101, (1, 4))
+    out = model(prompt, use_cache=True)
+    step = model(torch.tensor([[9]]), past_key_values=out.past_key_values, use_cache=True)
+    assert step.logits.shape == (1, 1, 101)
+    full = model(torch.cat([prompt, torch.tensor([[9]])], 1)).logits[:, -1]
+    torch.testing.assert_close(step.logits[:, -1], full, rtol=0, atol=1e-5)
+
+
+def test_bad_inputs_have_clear_errors():
+    with pytest.raises(ValueError, match="not divisible by num_heads"):
+        TransformerConfig(vocab_size=10, hidden_size=30, num_heads=4)
+    with pytest.raises(ValueError, match="position_embedding"):
+        TransformerConfig(vocab_size=10, hidden_size=32, num_heads=4, position_embedding="alibi")
+    with pytest.raises(ValueError, match="unknown keys"):
+        TransformerConfig.from_dict({"vocab_size": 10, "hidden": 3})
+    model = Transformer(tiny_config())
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model(torch.tensor([[1, 2, 101]]))
+    with pytest.raises(ValueError, match="longer than the position table"):
+        model(torch.ones(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="token_type_ids"):
+        model(torch.ones(1, 4, dtype=torch.long), token_type_ids=torch.full((1, 4), 2))
+    with pytest.raises(ValueError, match="position table"):
+        CausalLM(tiny_config(causal=True)).generate(torch.ones(1, 60, dtype=torch.long), 10)
