@@ -1,0 +1,45 @@
+"""Export a checkpoint of ours to a Hugging Face directory that `AutoModel*.from_pretrained` loads.
+
+python scripts/export.py runs/bert-tiny/<run>               out/   # a run: its latest checkpoint
+python scripts/export.py runs/.../checkpoints/step-00000300 out/   # one checkpoint
+pretrain-export <checkpoint> <out>                                  # the same, installed
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a checkpoint directory of ours, or a run directory (its latest checkpoint)")
+    parser.add_argument("out_dir", help="where to write config.json, model.safetensors and the tokenizer")
+    parser.add_argument("--head", default=None, help="export another head than the checkpoint's (e.g. base)")
+    args = parser.parse_args(argv)
+
+    from pretrain import save_hf
+    from pretrain.checkpoint import latest_checkpoint, load_pretrained
+    from pretrain.tokenizer import load_tokenizer
+
+    src = Path(args.checkpoint)
+    if not src.exists():
+        sys.exit(f"error: {src} does not exist")
+    if not (src / "model.json").exists() and (src / "checkpoints").is_dir():
+        src = latest_checkpoint(src / "checkpoints") or src
+    if not (src / "model.json").exists():
+        sys.exit(
+            f"error: {src} is not a checkpoint of ours (no model.json); pass a step-* directory or a run directory"
+        )
+    try:
+        model = load_pretrained(src, head=args.head)
+        tokenizer = load_tokenizer(str(src)) if (src / "tokenizer_config.json").exists() else None
+        out = save_hf(model, args.out_dir, tokenizer=tokenizer)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    print(f"exported {src} -> {out}" + ("" if tokenizer else " (no tokenizer in the checkpoint)"))
+
+
+if __name__ == "__main__":
+    main()
