@@ -8,10 +8,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import PretrainConfig, from_dict
-from .hydra_utils import CONF_DIR, run_cli
+from .hydra_utils import CONF_DIR, clear_errors, run_cli
 
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="pretrain")
+@clear_errors
 def _app(raw: DictConfig) -> None:
     from .pretraining import run_pretraining
 

@@ -75,7 +75,11 @@ def save_model_dir(
 
 
 def load_model_weights(model: torch.nn.Module, path: Path) -> None:
-    result = model.load_state_dict(load_file(str(path)), strict=False)
+    state = load_file(str(path))
+    tied = tied_keys(model)
+    for key in tied & set(state):  # a tied weight stored under its alias: it is the word embedding
+        state.setdefault("transformer.embeddings.word.weight", state.pop(key))
+    result = model.load_state_dict(state, strict=False)
     missing = set(result.missing_keys) - tied_keys(model)
     if missing or result.unexpected_keys:
         raise ValueError(

@@ -44,6 +44,7 @@ class Task:
     evaluate: Callable[[torch.nn.Module, Any], dict[str, float]]  # (model, accelerator) -> metrics
     tokenizer: Any = None
     export: Callable[[torch.nn.Module, Path], None] | None = None  # default: save_hf with the tokenizer
+    on_evaluate: Callable[[int, dict[str, float], torch.nn.Module], None] | None = None  # e.g. keep the best model
 
 
 def make_accelerator(cfg: TrainConfig) -> Any:
@@ -275,6 +276,8 @@ def train(task: Task, cfg: TrainConfig, seed: int, run_config: dict | None = Non
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
             last_eval = evaluate()
             metrics.write(step, {f"eval_{k}": v for k, v in last_eval.items()})
+            if task.on_evaluate is not None:
+                task.on_evaluate(step, last_eval, unwrapped)
             if main:
                 bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()))
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:

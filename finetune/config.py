@@ -1,0 +1,82 @@
+"""Typed fine-tuning configuration (hydra YAML -> these dataclasses -> plain objects)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pretrain.config import ConfigError, TrainConfig
+
+
+@dataclass
+class FinetuneModelConfig:
+    init: str | None = None  # our checkpoint / run directory / export, or a HF BERT / GPT-2 directory or hub name
+    tokenizer: str | None = None  # default: the tokenizer saved with model.init
+    lm_loss_weight: float = 0.0  # GPT classification: auxiliary LM loss weight (0.5 in the GPT paper)
+    dropout: float | None = None  # override the checkpoint's dropout for fine-tuning
+
+
+@dataclass
+class FinetuneDataConfig:
+    name: str = "custom"
+    hub_name: str | None = None  # a `datasets` name (needs internet), used when no files are given
+    hub_config: str | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    paths: list[str] = field(default_factory=list)  # [train] or [train, validation]
+    train: str | None = None  # a file: .tsv (GLUE), .csv, .json / .jsonl; SQuAD .json for qa
+    validation: str | None = None
+    holdout_fraction: float = 0.0  # no validation file: hold out this fraction of train (SQuAD: by article)
+    columns: list[str] | None = None  # names for a header-less TSV / CSV (CoLA)
+    text_column: str = "sentence"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    label_names: list[str] | None = None  # label order; default: sorted labels of the training set
+    regression: bool = False  # STS-B style: one float target, MSE loss
+    max_length: int = 128
+    doc_stride: int = 128  # qa: tokens shared by neighbouring windows of a long context
+    max_query_length: int = 64  # qa
+    max_answer_length: int = 30  # qa: in tokens
+    n_best: int = 20  # qa: start / end candidates per window
+    version_2: bool = False  # qa: unanswerable questions (SQuAD 2.0)
+    null_score_threshold: float = 0.0  # qa v2: predict no answer when null - best span score > threshold
+    max_train_examples: int | None = None  # cap, for CPU budgets
+    max_eval_examples: int | None = None
+
+
+@dataclass
+class FinetuneConfig:
+    task: Literal["classification", "qa"] = "classification"
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_per_epoch: bool = True  # evaluate at the end of each epoch (and keep the best model)
+    seed: int = 0
+
+    def validate(self) -> None:
+        self.train.validate()
+        if not self.model.init:
+            raise ConfigError(
+                "model.init is required: one of our checkpoints or exports, or a Hugging Face BERT / GPT-2 "
+                "directory or hub name, e.g. model.init=runs/bert-tiny/<run> or model.init=bert-base-uncased"
+            )
+        d = self.data
+        if not (d.paths or d.train or d.hub_name):
+            raise ConfigError(
+                "no data: give data.train=<file> (and data.validation=<file>), data.paths, or data.hub_name"
+            )
+        if len(d.paths) > 2:
+            raise ConfigError("data.paths takes [train] or [train, validation]")
+        if not 0 <= d.holdout_fraction < 1:
+            raise ConfigError("data.holdout_fraction must be in [0, 1)")
+        if self.task == "qa" and d.doc_stride >= d.max_length - d.max_query_length - 3:
+            raise ConfigError(
+                f"data.doc_stride={d.doc_stride} leaves no room for new context in a window of data.max_length="
+                f"{d.max_length} with questions of up to {d.max_query_length} tokens; lower data.doc_stride"
+            )
+
+    def files(self) -> tuple[str | None, str | None]:
+        paths = list(self.data.paths)
+        train = self.data.train or (paths[0] if paths else None)
+        validation = self.data.validation or (paths[1] if len(paths) > 1 else None)
+        return train, validation

@@ -1,0 +1,181 @@
+"""Extractive span QA (SQuAD v1.1 / v2.0): windows over long contexts, offsets back to characters,
+n-best span search across windows, and the no-answer score for v2."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretrain.data import pad_to_tensor
+
+from .config import FinetuneDataConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QAExample:
+    id: str
+    title: str
+    question: str
+    context: str
+    answers: list[str]  # gold texts; empty: unanswerable
+    answer_starts: list[int]
+
+
+def read_squad(path: str) -> list[QAExample]:
+    """The official SQuAD JSON layout: data -> paragraphs -> qas."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"SQuAD file {file} does not exist; check data.train / data.validation")
+    try:
+        articles = json.loads(file.read_text(encoding="utf-8"))["data"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{file} is not SQuAD JSON ({{'data': [{{'paragraphs': [...]}}]}}): {e}") from None
+    examples = []
+    for article in articles:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                answers = [] if qa.get("is_impossible") else qa.get("answers", [])
+                examples.append(
+                    QAExample(
+                        id=qa["id"],
+                        title=article.get("title", ""),
+                        question=qa["question"],
+                        context=paragraph["context"],
+                        answers=[a["text"] for a in answers],
+                        answer_starts=[a["answer_start"] for a in answers],
+                    )
+                )
+    return examples
+
+
+def squad_from_hub(name: str, config: str | None, split: str) -> list[QAExample]:
+    import datasets  # squad / squad_v2 by name: needs internet
+
+    return [
+        QAExample(
+            r["id"],
+            r.get("title", ""),
+            r["question"],
+            r["context"],
+            list(r["answers"]["text"]),
+            list(r["answers"]["answer_start"]),
+        )
+        for r in datasets.load_dataset(name, config, split=split)
+    ]
+
+
+def check_answers(examples: list[QAExample], where: str) -> tuple[list[QAExample], int]:
+    """Keep training examples whose first answer_start points at its text; report the rest."""
+    kept, bad = [], 0
+    for ex in examples:
+        if ex.answers:
+            start, text = ex.answer_starts[0], ex.answers[0]
+            if ex.context[start : start + len(text)] != text:
+                bad += 1
+                continue
+        kept.append(ex)
+    if bad:
+        log.warning(
+            "%s: skipped %d of %d examples whose answer_start does not match the answer text", where, bad, len(examples)
+        )
+    return kept, bad
+
+
+def windows(tokenizer: Any, examples: list[QAExample], cfg: FinetuneDataConfig, training: bool) -> list[dict[str, Any]]:
+    """Question + context windows of data.max_length, neighbours sharing data.doc_stride tokens.
+
+    Training windows get start/end token positions (0, the [CLS] token, when the answer is not
+    inside the window or there is none); evaluation windows keep each context token's character
+    offsets (None elsewhere) to map spans back to text."""
+    questions = [ex.question.lstrip() for ex in examples]
+    questions = [tokenizer.convert_tokens_to_string(tokenizer.tokenize(q)[: cfg.max_query_length]) for q in questions]
+    enc = tokenizer(
+        questions,
+        [ex.context for ex in examples],
+        truncation="only_second",
+        max_length=cfg.max_length,
+        stride=cfg.doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+    )
+    features = []
+    for i, example_index in enumerate(enc["overflow_to_sample_mapping"]):
+        ex = examples[example_index]
+        sequence_ids = enc.sequence_ids(i)
+        offsets = [o if s == 1 else None for o, s in zip(enc["offset_mapping"][i], sequence_ids, strict=True)]
+        feature = {"input_ids": enc["input_ids"][i], "token_type_ids": enc["token_type_ids"][i]}
+        if training:
+            start = end = 0
+            if ex.answers:
+                start_char = ex.answer_starts[0]
+                end_char = start_char + len(ex.answers[0])
+                context = [k for k, o in enumerate(offsets) if o is not None]
+                if offsets[context[0]][0] <= start_char and offsets[context[-1]][1] >= end_char:
+                    start = next(k for k in context if offsets[k][1] > start_char)
+                    end = max(k for k in context if offsets[k][0] < end_char)
+            feature["start_positions"], feature["end_positions"] = start, end
+        else:
+            feature["example_index"], feature["offsets"] = example_index, offsets
+        features.append(feature)
+    return features
+
+
+class QACollator:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids = [f["input_ids"] for f in features]
+        batch = {
+            "input_ids": pad_to_tensor(ids, self.pad_id),
+            "attention_mask": pad_to_tensor([[1] * len(x) for x in ids], 0),
+            "token_type_ids": pad_to_tensor([f["token_type_ids"] for f in features], 0),
+        }
+        if "start_positions" in features[0]:
+            batch["start_positions"] = torch.tensor([f["start_positions"] for f in features])
+            batch["end_positions"] = torch.tensor([f["end_positions"] for f in features])
+        return batch
+
+
+def best_answers(
+    examples: list[QAExample],
+    features: list[dict[str, Any]],
+    start_logits: list[np.ndarray],
+    end_logits: list[np.ndarray],
+    cfg: FinetuneDataConfig,
+) -> dict[str, str]:
+    """For each example: the highest start + end score over the n-best candidates of all its windows,
+    with end >= start, at most max_answer_length tokens, inside the context. For v2, "" when the
+    no-answer score (start + end at [CLS], the lowest over windows) beats it by more than the threshold."""
+    by_example: dict[int, list[int]] = {}
+    for f, feature in enumerate(features):
+        by_example.setdefault(feature["example_index"], []).append(f)
+    predictions = {}
+    for e, ex in enumerate(examples):
+        best_score, best_text, null_score = -np.inf, "", np.inf
+        for f in by_example.get(e, []):
+            offsets, start, end = features[f]["offsets"], start_logits[f], end_logits[f]
+            null_score = min(null_score, start[0] + end[0])
+            top_starts = np.argsort(start)[::-1][: cfg.n_best]
+            top_ends = np.argsort(end)[::-1][: cfg.n_best]
+            for s in top_starts:
+                if offsets[s] is None:
+                    continue
+                for t in top_ends:
+                    if t < s or t - s + 1 > cfg.max_answer_length or offsets[t] is None:
+                        continue
+                    score = start[s] + end[t]
+                    if score > best_score:
+                        best_score, best_text = score, ex.context[offsets[s][0] : offsets[t][1]]
+        if cfg.version_2 and null_score - best_score > cfg.null_score_threshold:
+            best_text = ""
+        predictions[ex.id] = best_text
+    return predictions

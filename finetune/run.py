@@ -1,0 +1,278 @@
+"""A fine-tuning run: model + task data + the shared training loop, then predictions, metrics.json
+and a Hugging Face export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretrain.checkpoint import latest_checkpoint, load_pretrained, save_model_dir
+from pretrain.config import ConfigError, to_dict
+from pretrain.tokenizer import load_tokenizer
+from pretrain.trainer import Task, make_accelerator, prepare_output_dir, train
+
+from . import classification as cls
+from . import qa
+from .config import FinetuneConfig
+from .squad_metric import squad_scores
+
+log = logging.getLogger(__name__)
+
+
+def find_tokenizer(init: str) -> Any:
+    """The tokenizer saved with model.init: in the directory, its tokenizer/ or its latest checkpoint;
+    a hub name otherwise."""
+    path = Path(init).expanduser()
+    candidates = [path, path / "tokenizer"]
+    if (path / "checkpoints").is_dir():
+        candidates.append(latest_checkpoint(path / "checkpoints"))
+    for c in candidates:
+        if c is not None and ((c / "tokenizer_config.json").exists() or (c / "tokenizer.json").exists()):
+            return load_tokenizer(str(c))
+    if path.exists():
+        raise FileNotFoundError(f"no tokenizer found with model.init={init}; pass model.tokenizer=<directory>")
+    return load_tokenizer(init)
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p
+        if hasattr(m, "attention_dropout"):
+            m.attention_dropout = p
+
+
+def predict(
+    model: Any,
+    accelerator: Any,
+    features: list[dict[str, Any]],
+    collate: Callable,
+    batch_size: int,
+    outputs: Callable[[Any, dict[str, torch.Tensor]], list[Any]],
+) -> list[Any]:
+    """One result per feature, in order. Each process takes every world-th batch; results are gathered."""
+    results = []
+    n_batches = (len(features) + batch_size - 1) // batch_size
+    for k in range(accelerator.process_index, n_batches, accelerator.num_processes):
+        chunk = features[k * batch_size : (k + 1) * batch_size]
+        batch = {key: v.to(accelerator.device) for key, v in collate(chunk).items()}
+        batch.pop("labels", None), batch.pop("start_positions", None), batch.pop("end_positions", None)
+        results += list(zip(range(k * batch_size, k * batch_size + len(chunk)), outputs(model(**batch), batch)))
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        results = gather_object(results)
+    return [r for _, r in sorted(results, key=lambda x: x[0])]
+
+
+class BestModel:
+    """Keeps the model of the best evaluation so far in <output_dir>/best (our checkpoint format)."""
+
+    def __init__(self, out: Path, metric: str, tokenizer: Any, is_main: bool):
+        self.out, self.metric, self.tokenizer, self.is_main = out / "best", metric, tokenizer, is_main
+        self.best: float | None = None
+        self.step = 0
+
+    def __call__(self, step: int, metrics: dict[str, float], model: Any) -> None:
+        value = metrics.get(self.metric)
+        if value is None or (self.best is not None and value <= self.best):
+            return
+        self.best, self.step = value, step
+        if self.is_main:
+            save_model_dir(model, self.out)
+            self.tokenizer.save_pretrained(str(self.out))
+            (self.out / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
+
+
+def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
+    """Fine-tune as configured; returns the final evaluation metrics (also in metrics.json)."""
+    from accelerate.utils import set_seed
+
+    cfg.validate()
+    prepare_output_dir(cfg.train)
+    accelerator = make_accelerator(cfg.train)
+    out = Path(cfg.train.output_dir)
+    tokenizer = load_tokenizer(cfg.model.tokenizer) if cfg.model.tokenizer else find_tokenizer(cfg.model.init)
+    builder = _classification if cfg.task == "classification" else _qa
+    set_seed(cfg.seed)
+    task, final_eval, metric = builder(cfg, tokenizer, accelerator)
+    if len(tokenizer) > task.model.config.vocab_size:
+        raise ConfigError(
+            f"the tokenizer has {len(tokenizer)} tokens but model.init's vocabulary is {task.model.config.vocab_size}; "
+            "use the tokenizer the model was trained with (model.tokenizer=...)"
+        )
+    if cfg.model.dropout is not None:
+        set_dropout(task.model, cfg.model.dropout)
+    if cfg.eval_per_epoch:
+        global_batch = cfg.train.batch_size * accelerator.num_processes * cfg.train.grad_accum_steps
+        cfg.train.eval_every = max(1, len(task.train_data) // global_batch)
+    best = BestModel(out, metric, tokenizer, accelerator.is_main_process)
+    task.on_evaluate = best
+    train(task, cfg.train, cfg.seed, run_config=to_dict(cfg), accelerator=accelerator)
+
+    metrics, predictions = final_eval(accelerator.unwrap_model(task.model), accelerator)
+    if accelerator.is_main_process:
+        summary = {**metrics, "best_step": best.step, f"best_{metric}": best.best}
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+        name, content = predictions
+        (out / name).write_text(content)
+        log.info("final evaluation: %s", summary)
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def _subset(items: list, n: int | None, seed: int | None) -> list:
+    if n is None or n >= len(items):
+        return items
+    if seed is None:
+        return items[:n]
+    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), n))]
+
+
+def _holdout(items: list, fraction: float, seed: int, group: Callable[[Any], str] | None = None) -> tuple[list, list]:
+    """Split one file in two: by group (SQuAD articles) so no context is in both, else by item."""
+    keys = sorted({group(x) for x in items}) if group else list(range(len(items)))
+    held = set(random.Random(seed).sample(keys, max(1, round(len(keys) * fraction))))
+    if group:
+        return [x for x in items if group(x) not in held], [x for x in items if group(x) in held]
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+# ----------------------------------------------------------------------------- classification
+
+
+def _classification(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any):
+    d = cfg.data
+    train_file, validation_file = cfg.files()
+    train_rows = cls.load_split(d, train_file, d.train_split)
+    cls.check_columns(train_rows, d, train_file or d.train_split)
+    if validation_file or (not train_file and d.holdout_fraction == 0):
+        val_rows = cls.load_split(d, validation_file, d.validation_split)
+        cls.check_columns(val_rows, d, validation_file or d.validation_split)
+    else:
+        if d.holdout_fraction == 0:
+            raise ConfigError("no validation data: give data.validation=<file> or data.holdout_fraction=0.1")
+        train_rows, val_rows = _holdout(train_rows, d.holdout_fraction, cfg.seed)
+    train_rows = _subset(train_rows, d.max_train_examples, cfg.seed)
+    val_rows = _subset(val_rows, d.max_eval_examples, None)
+    labels = cls.label_vocabulary(train_rows, d)
+    num_labels = 1 if d.regression else len(labels)
+
+    model = load_pretrained(
+        cfg.model.init, head="classification", num_labels=num_labels, lm_loss_weight=cfg.model.lm_loss_weight
+    )
+    model.id2label = dict(enumerate(labels))
+    causal = model.config.causal
+    features = []
+    for split, rows in (("train", train_rows), ("validation", val_rows)):
+        enc = cls.encode_texts(tokenizer, rows, d, causal)
+        targets = cls.encode_labels(rows, d, labels, f"the {split} data")
+        features.append([{**{k: v[i] for k, v in enc.items()}, "labels": targets[i]} for i in range(len(rows))])
+    train_features, val_features = features
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collate = cls.ClassificationCollator(pad, d.regression)
+    batch_size = cfg.train.batch_size
+
+    def logits_of(out: Any, batch: dict) -> list[np.ndarray]:
+        return list(out.logits.float().cpu().numpy())
+
+    def evaluate_all(m: Any, acc: Any) -> tuple[dict[str, float], np.ndarray]:
+        logits = np.stack(predict(m, acc, val_features, collate, batch_size, logits_of))
+        gold = np.array([f["labels"] for f in val_features])
+        if d.regression:
+            return cls.regression_metrics(logits[:, 0], gold), logits[:, 0]
+        predictions = logits.argmax(-1)
+        return cls.classification_metrics(predictions, gold, num_labels), predictions
+
+    def final_eval(m: Any, acc: Any):
+        m.eval()
+        with torch.no_grad():
+            metrics, predictions = evaluate_all(m, acc)
+        lines = [
+            json.dumps(
+                {
+                    "index": i,
+                    "prediction": float(p) if d.regression else labels[int(p)],
+                    "label": r[d.label_column],
+                    "text": r[d.text_column],
+                    **({"text_pair": r[d.text_pair_column]} if d.text_pair_column else {}),
+                }
+            )
+            for i, (p, r) in enumerate(zip(predictions, val_rows, strict=True))
+        ]
+        return metrics, ("predictions.jsonl", "\n".join(lines) + "\n")
+
+    task = Task(
+        model=model,
+        train_data=train_features,
+        collate=collate,
+        evaluate=lambda m, acc: evaluate_all(m, acc)[0],
+        tokenizer=tokenizer,
+    )
+    return task, final_eval, "pearson" if d.regression else "accuracy"
+
+
+# ----------------------------------------------------------------------------- span QA
+
+
+def _qa(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any):
+    d = cfg.data
+    train_file, validation_file = cfg.files()
+
+    def load(path: str | None, split: str) -> list[qa.QAExample]:
+        return qa.read_squad(path) if path else qa.squad_from_hub(d.hub_name, d.hub_config, split)
+
+    train_examples = load(train_file, d.train_split)
+    if validation_file or not train_file:
+        val_examples = load(validation_file, d.validation_split)
+    elif d.holdout_fraction > 0:
+        train_examples, val_examples = _holdout(train_examples, d.holdout_fraction, cfg.seed, lambda x: x.title)
+    else:
+        raise ConfigError("no validation data: give data.validation=<file> or data.holdout_fraction=0.1")
+    train_examples, skipped = qa.check_answers(train_examples, "training data")
+    if not d.version_2 and any(not ex.answers for ex in train_examples):
+        raise ConfigError("the training data has unanswerable questions (SQuAD 2.0): set data.version_2=true")
+    train_examples = _subset(train_examples, d.max_train_examples, cfg.seed)
+    val_examples = _subset(val_examples, d.max_eval_examples, None)
+
+    model = load_pretrained(cfg.model.init, head="qa")
+    if model.config.causal:
+        raise ConfigError("span QA is implemented for BERT-style (bidirectional) models; model.init is a GPT")
+    train_features = qa.windows(tokenizer, train_examples, d, training=True)
+    val_features = qa.windows(tokenizer, val_examples, d, training=False)
+    collate = qa.QACollator(tokenizer.pad_token_id)
+    golds = {ex.id: ex.answers for ex in val_examples}
+    batch_size = cfg.train.batch_size
+
+    def spans_of(out: Any, batch: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+        lengths = batch["attention_mask"].sum(-1).tolist()
+        s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+        return [(s[i, :n], e[i, :n]) for i, n in enumerate(lengths)]
+
+    def evaluate_all(m: Any, acc: Any) -> tuple[dict[str, float], dict[str, str]]:
+        logits = predict(m, acc, val_features, collate, batch_size, spans_of)
+        answers = qa.best_answers(val_examples, val_features, [x[0] for x in logits], [x[1] for x in logits], d)
+        return squad_scores(answers, golds), answers
+
+    def final_eval(m: Any, acc: Any):
+        m.eval()
+        with torch.no_grad():
+            metrics, answers = evaluate_all(m, acc)
+        metrics["skipped_training_examples"] = float(skipped)
+        return metrics, ("predictions.json", json.dumps(answers, indent=1, ensure_ascii=False))
+
+    task = Task(
+        model=model,
+        train_data=train_features,
+        collate=collate,
+        evaluate=lambda m, acc: evaluate_all(m, acc)[0],
+        tokenizer=tokenizer,
+    )
+    return task, final_eval, "f1"

@@ -1,0 +1,298 @@
+"""Fine-tuning: metrics, windows and offsets, tiny end-to-end runs, pipeline equality, bad input."""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from finetune import classification as cls
+from finetune import qa
+from finetune.config import FinetuneConfig, FinetuneDataConfig, FinetuneModelConfig
+from finetune.run import run_finetune
+from finetune.squad_metric import f1, normalize_answer, squad_scores
+from pretrain import BertPretraining, CausalLM, save_hf
+from pretrain.checkpoint import save_model_dir
+from pretrain.config import ConfigError, TrainConfig
+from pretrain.tokenizer import train_tokenizer
+
+POSITIVE = ["a good film", "great acting and a fine story", "I loved it", "wonderful and warm", "good fun"]
+NEGATIVE = ["a bad film", "terrible acting and a dull story", "I hated it", "awful and cold", "bad and boring"]
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_squad_normalisation_and_scores():
+    assert normalize_answer("The  Denver Broncos!") == "denver broncos"
+    assert normalize_answer("an apple, a pear") == "apple pear"
+    assert f1("Denver Broncos", "the Denver Broncos team") == pytest.approx(2 * 1 * (2 / 3) / (1 + 2 / 3))
+    assert f1("", "") == 1.0 and f1("x", "") == 0.0
+    scores = squad_scores(
+        {"q1": "Denver Broncos", "q2": "Panthers", "q3": "nothing"},
+        {"q1": ["denver broncos"], "q2": ["Carolina Panthers", "the Panthers"], "q3": ["Levi's Stadium"]},
+    )
+    assert scores["exact_match"] == pytest.approx(200 / 3)
+    assert scores["f1"] == pytest.approx(200 / 3)
+    v2 = squad_scores({"a": "", "b": "x y"}, {"a": [], "b": ["x y z"]})
+    assert v2["NoAns_exact"] == 100.0 and v2["HasAns_exact"] == 0.0 and v2["HasAns_f1"] == pytest.approx(80.0)
+    assert squad_scores({}, {"q": ["a"]})["f1"] == 0.0  # a missing prediction scores 0
+
+
+def test_classification_metrics_by_hand():
+    pred, gold = np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1])
+    m = cls.classification_metrics(pred, gold, 2)
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))  # tp=2, fp=1, fn=1
+    # MCC = (tp*tn - fp*fn) / sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn)) = (2*1 - 1*1) / sqrt(3*3*2*2)
+    assert m["mcc"] == pytest.approx(1 / 6)
+    assert cls.classification_metrics(np.array([0, 1, 2]), np.array([0, 1, 2]), 3)["mcc"] == pytest.approx(1.0)
+    r = cls.regression_metrics(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 3.0, 2.0, 4.0]))
+    assert r["spearman"] == pytest.approx(0.8)
+    assert r["pearson"] == pytest.approx(0.8)
+
+
+@pytest.mark.slow
+def test_squad_dev_gold_answers_score_100(shared_data):
+    examples = qa.read_squad(str(shared_data / "squad/dev-v1.1.json"))
+    assert len(examples) == 10570
+    golds = {ex.id: ex.answers for ex in examples}
+    scores = squad_scores({ex.id: ex.answers[0] for ex in examples}, golds)
+    assert scores["exact_match"] == 100.0 and scores["f1"] == 100.0
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def test_every_gold_answer_in_a_window_is_recoverable(bert_tokenizer):
+    rng = random.Random(0)
+    words = " ".join(POSITIVE + NEGATIVE).split()
+    examples = []
+    for i in range(30):
+        context = " ".join(rng.choice(words) for _ in range(rng.randint(20, 120)))
+        start_word = rng.randrange(0, len(context.split()) - 3)
+        answer = " ".join(context.split()[start_word : start_word + rng.randint(1, 3)])
+        start = len(" ".join(context.split()[:start_word])) + (1 if start_word else 0)
+        assert context[start : start + len(answer)] == answer
+        examples.append(qa.QAExample(str(i), "t", "what is said?", context, [answer], [start]))
+    cfg = FinetuneDataConfig(max_length=48, doc_stride=16, max_query_length=8)
+    train_features = qa.windows(bert_tokenizer, examples, cfg, training=True)
+    eval_features = qa.windows(bert_tokenizer, examples, cfg, training=False)
+    assert len(train_features) == len(eval_features) > len(examples)  # long contexts give several windows
+    recovered = set()
+    for tf, ef in zip(train_features, eval_features, strict=True):
+        ex = examples[ef["example_index"]]
+        assert len(tf["input_ids"]) <= 48
+        if tf["start_positions"] == 0:
+            continue
+        s, e = ef["offsets"][tf["start_positions"]], ef["offsets"][tf["end_positions"]]
+        assert ex.context[s[0] : e[1]] == ex.answers[0]  # character for character
+        recovered.add(ex.id)
+    # an answer whose tokens all lie inside some window's context part is recovered by that window
+    for ex in examples:
+        spans = [ef for ef in eval_features if examples[ef["example_index"]] is ex]
+        fits = any(
+            min(o[0] for o in f["offsets"] if o) <= ex.answer_starts[0]
+            and max(o[1] for o in f["offsets"] if o) >= ex.answer_starts[0] + len(ex.answers[0])
+            for f in spans
+        )
+        assert fits == (ex.id in recovered)
+
+
+def test_best_answer_search_across_windows():
+    ex = qa.QAExample("q", "t", "q?", "alpha beta gamma delta", ["gamma"], [11])
+    offsets = [None, None, (0, 5), (6, 10), (11, 16), (17, 22), None]
+    features = [{"example_index": 0, "offsets": offsets}]
+    start = np.array([5.0, 0, 0, 0, 3.0, 0, 9.0])  # position 6 is not context: never chosen
+    end = np.array([5.0, 0, 0, 0, 3.0, 1.0, 9.0])
+    cfg = FinetuneDataConfig(n_best=5, max_answer_length=3)
+    assert qa.best_answers([ex], features, [start], [end], cfg) == {"q": "gamma"}
+    cfg.version_2 = True  # the null score (10) beats the best span (6)
+    assert qa.best_answers([ex], features, [start], [end], cfg) == {"q": ""}
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def bert_tokenizer():
+    text = POSITIVE + NEGATIVE + ["what is said? who went where? the cat sat on the mat in paris"]
+    return train_tokenizer(text * 20, "bert", vocab_size=200)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_checkpoint(tmp_path_factory, bert_tokenizer):
+    directory = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    model = BertPretraining(tiny_config(vocab_size=len(bert_tokenizer), max_positions=128))
+    save_model_dir(model, directory)
+    bert_tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt_export(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("gpt")
+    tokenizer = train_tokenizer((POSITIVE + NEGATIVE) * 20, "gpt", vocab_size=300)
+    torch.manual_seed(0)
+    cfg = tiny_config(causal=True, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    save_hf(CausalLM(cfg), directory, tokenizer=tokenizer)
+    return directory
+
+
+def sentiment_files(tmp_path, n=200, extra_val_label=None):
+    rng = random.Random(0)
+    rows = [(rng.choice(POSITIVE), 1) if i % 2 else (rng.choice(NEGATIVE), 0) for i in range(n)]
+    for name, part in (("train.tsv", rows[: n * 3 // 4]), ("dev.tsv", rows[n * 3 // 4 :])):
+        lines = ["sentence\tlabel"] + [f"{s}\t{label}" for s, label in part]
+        if name == "dev.tsv" and extra_val_label is not None:
+            lines.append(f"good\t{extra_val_label}")
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    return tmp_path / "train.tsv", tmp_path / "dev.tsv"
+
+
+def finetune_config(tmp_path, init, train_file, dev_file, task="classification", **data):
+    return FinetuneConfig(
+        task=task,
+        model=FinetuneModelConfig(init=str(init)),
+        data=FinetuneDataConfig(train=str(train_file), validation=str(dev_file), max_length=64, **data),
+        train=TrainConfig(
+            max_steps=60,
+            batch_size=16,
+            lr=3e-3,
+            warmup_steps=5,
+            save_every=0,
+            eval_every=0,
+            log_every=5,
+            output_dir=str(tmp_path / "out"),
+            tensorboard=False,
+            plot=False,
+        ),
+    )
+
+
+def test_bert_classification_end_to_end_and_pipeline(tmp_path, tiny_bert_checkpoint):
+    train_file, dev_file = sentiment_files(tmp_path)
+    cfg = finetune_config(tmp_path, tiny_bert_checkpoint, train_file, dev_file)
+    metrics = run_finetune(cfg)
+    out = Path(cfg.train.output_dir)
+    assert metrics["accuracy"] > 0.9
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] == metrics["accuracy"]
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 50 and (out / "best" / "model.json").exists()
+
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=str(out / "export"), device="cpu")
+    got = [r["label"] for r in classify([p["text"] for p in predictions])]
+    assert got == [p["prediction"] for p in predictions]
+
+
+def test_gpt_classification_with_auxiliary_lm_loss_and_pipeline(tmp_path, tiny_gpt_export):
+    train_file, dev_file = sentiment_files(tmp_path)
+    cfg = finetune_config(tmp_path, tiny_gpt_export, train_file, dev_file)
+    cfg.model.lm_loss_weight = 0.5
+    metrics = run_finetune(cfg)
+    assert metrics["accuracy"] > 0.9
+    out = Path(cfg.train.output_dir)
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=str(out / "export"), device="cpu")
+    assert [r["label"] for r in classify([p["text"] for p in predictions])] == [p["prediction"] for p in predictions]
+
+
+def squad_file(path, n_articles=6, bad_starts=0):
+    rng = random.Random(1)
+    cities = ["paris", "rome", "oslo", "lima", "cairo", "delhi", "tokyo", "quito"]
+    data = []
+    for a in range(n_articles):
+        paragraphs = []
+        for p in range(5):
+            city = rng.choice(cities)
+            context = f"the cat sat on the mat in {city} . the dog went where it liked ."
+            start = context.index(city)
+            qas = [
+                {
+                    "id": f"{a}-{p}",
+                    "question": "where did the cat sit?",
+                    "answers": [{"text": city, "answer_start": start}],
+                }
+            ]
+            paragraphs.append({"context": context, "qas": qas})
+        data.append({"title": f"article {a}", "paragraphs": paragraphs})
+    for k in range(bad_starts):
+        data[0]["paragraphs"][k]["qas"][0]["answers"][0]["answer_start"] += 1
+    Path(path).write_text(json.dumps({"version": "1.1", "data": data}))
+    return path
+
+
+def test_span_qa_end_to_end_and_pipeline(tmp_path, tiny_bert_checkpoint):
+    train_file = squad_file(tmp_path / "train.json", n_articles=12, bad_starts=2)
+    dev_file = squad_file(tmp_path / "dev.json", n_articles=2)
+    cfg = finetune_config(
+        tmp_path, tiny_bert_checkpoint, train_file, dev_file, task="qa", doc_stride=16, max_query_length=16
+    )
+    cfg.train.max_steps = 80
+    metrics = run_finetune(cfg)
+    assert metrics["skipped_training_examples"] == 2
+    assert metrics["f1"] > 90 and metrics["exact_match"] > 90
+    out = Path(cfg.train.output_dir)
+    answers = json.loads((out / "predictions.json").read_text())
+    assert len(answers) == 10
+
+    # transformers 5 removed pipeline("question-answering"); the exported BertForQuestionAnswering,
+    # loaded by AutoModelForQuestionAnswering, must give the same logits and so the same answers
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    hf = AutoModelForQuestionAnswering.from_pretrained(out / "export").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "export")
+    examples = qa.read_squad(str(dev_file))
+    features = qa.windows(tokenizer, examples, cfg.data, training=False)
+    batch = qa.QACollator(tokenizer.pad_token_id)(features)
+    with torch.no_grad():
+        logits = hf(**batch)
+    n = batch["attention_mask"].sum(-1)
+    starts = [logits.start_logits[i, : n[i]].numpy() for i in range(len(features))]
+    ends = [logits.end_logits[i, : n[i]].numpy() for i in range(len(features))]
+    assert qa.best_answers(examples, features, starts, ends, cfg.data) == answers
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_missing_label_column_and_unseen_labels(tmp_path, tiny_bert_checkpoint):
+    train_file, dev_file = sentiment_files(tmp_path)
+    cfg = finetune_config(tmp_path, tiny_bert_checkpoint, train_file, dev_file, label_column="sentiment")
+    with pytest.raises(ConfigError, match="no column 'sentiment'.*data.label_column"):
+        run_finetune(cfg)
+    train_file, dev_file = sentiment_files(tmp_path, extra_val_label=7)
+    cfg = finetune_config(tmp_path, tiny_bert_checkpoint, train_file, dev_file)
+    with pytest.raises(ValueError, match=r"labels \['7'\] that the training data does not have"):
+        run_finetune(cfg)
+
+
+def test_finetune_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="model.init is required"):
+        FinetuneConfig(data=FinetuneDataConfig(train="x.tsv")).validate()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        cls.read_rows(str(tmp_path / "missing.tsv"))
+    with pytest.raises(ValueError, match="not SQuAD JSON"):
+        bad = tmp_path / "bad.json"
+        bad.write_text("[1, 2]")
+        qa.read_squad(str(bad))
+
+
+@pytest.mark.slow
+def test_glue_files_read(shared_data):
+    sst = cls.read_rows(str(shared_data / "glue/SST-2/dev.tsv"))
+    assert len(sst) == 872 and set(sst[0]) == {"sentence", "label"}
+    cola = cls.read_rows(str(shared_data / "glue/CoLA/dev.tsv"), ["source", "label", "original_label", "sentence"])
+    assert len(cola) == 1043
+    mrpc = cls.read_rows(str(shared_data / "glue/MRPC/dev.tsv"))
+    assert len(mrpc) == 408 and "Quality" in mrpc[0]  # the BOM is gone
+    rte = cls.read_rows(str(shared_data / "glue/RTE/dev.tsv"))
+    assert {r["label"] for r in rte} == {"entailment", "not_entailment"}
