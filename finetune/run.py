@@ -63,8 +63,9 @@ def predict(
     for k in range(accelerator.process_index, n_batches, accelerator.num_processes):
         chunk = features[k * batch_size : (k + 1) * batch_size]
         batch = {key: v.to(accelerator.device) for key, v in collate(chunk).items()}
-        batch.pop("labels", None), batch.pop("start_positions", None), batch.pop("end_positions", None)
-        results += list(zip(range(k * batch_size, k * batch_size + len(chunk)), outputs(model(**batch), batch)))
+        for target in ("labels", "start_positions", "end_positions"):  # prediction needs no loss
+            batch.pop(target, None)
+        results += list(enumerate(outputs(model(**batch), batch), start=k * batch_size))
     if accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
