@@ -11,6 +11,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from .model import TransformerConfig
@@ -131,6 +132,14 @@ class PretrainConfig:
 
     def validate(self) -> None:
         self.train.validate()
+        if self.data.format == "sample" and self.data.paths:  # `data.paths=[...]` alone means those files
+            suffixes = {Path(p).suffix.lower() for p in self.data.paths}
+            by_suffix = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+            formats = {by_suffix.get(s, "text") for s in suffixes}
+            if len(formats) > 1:
+                raise ConfigError(f"data.paths mixes file types {sorted(suffixes)}; use one kind per run")
+            self.data.format = formats.pop()
+            self.data.name = Path(self.data.paths[0]).stem
         if self.data.max_length > self.model.max_positions:
             raise ConfigError(
                 f"data.max_length={self.data.max_length} is longer than model.max_positions="

@@ -205,15 +205,15 @@ def build_pretraining_data(cfg: DataConfig, tokenizer: Any, family: str, seed: i
     for name, split in splits.items():
         if len(split) == 0:  # validation_fraction=0: no held-out split
             continue
+        tokens = split.map(
+            _tokenize_sentences if family == "bert" else _tokenize_documents,
+            batched=True,
+            fn_kwargs={"tokenizer": tokenizer},
+            remove_columns=["text"],
+            num_proc=_procs(cfg, split),
+            desc=f"tokenizing {name}",
+        )
         if family == "bert":
-            tokens = split.map(
-                _tokenize_sentences,
-                batched=True,
-                fn_kwargs={"tokenizer": tokenizer},
-                remove_columns=["text"],
-                num_proc=_procs(cfg, split),
-                desc=f"tokenizing {name}",
-            )
             out[name] = tokens.map(
                 _bert_examples,
                 batched=True,
@@ -225,14 +225,6 @@ def build_pretraining_data(cfg: DataConfig, tokenizer: Any, family: str, seed: i
                 desc=f"building {name} sentence pairs",
             )
         else:
-            tokens = split.map(
-                _tokenize_documents,
-                batched=True,
-                fn_kwargs={"tokenizer": tokenizer},
-                remove_columns=["text"],
-                num_proc=_procs(cfg, split),
-                desc=f"tokenizing {name}",
-            )
             blocks = pack_blocks(tokens["input_ids"], cfg.max_length)
             out[name] = datasets.Dataset.from_dict({"input_ids": blocks})
         if len(out[name]) == 0 and name == "train":

@@ -128,6 +128,11 @@ def test_config_errors_name_the_key():
         from_dict(PretrainConfig, {"model": {"family": "t5"}})
     with pytest.raises(ConfigError, match="data.paths"):
         from_dict(PretrainConfig, {"data": {"format": "text"}}).validate()
+    cfg = from_dict(PretrainConfig, {"data": {"paths": ["a.jsonl", "b.json"]}})
+    cfg.validate()
+    assert cfg.data.format == "json"  # data.paths alone selects the files, by type
+    with pytest.raises(ConfigError, match="mixes file types"):
+        from_dict(PretrainConfig, {"data": {"paths": ["a.txt", "b.parquet"]}}).validate()
     with pytest.raises(ConfigError, match="longer than model.max_positions"):
         from_dict(PretrainConfig, {"data": {"max_length": 512}, "model": {"max_positions": 128}}).validate()
 
