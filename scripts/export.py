@@ -12,6 +12,19 @@ import sys
 from pathlib import Path
 
 
+def resolve_checkpoint(path: Path) -> Path:
+    """A step-* checkpoint directory, or a run directory's latest checkpoint; exits with a clear message."""
+    from pretrain.checkpoint import latest_checkpoint
+
+    if not path.exists():
+        sys.exit(f"error: {path} does not exist")
+    if not (path / "model.json").exists() and (path / "checkpoints").is_dir():
+        path = latest_checkpoint(path / "checkpoints") or path
+    if not (path / "model.json").exists():
+        sys.exit(f"error: {path} is not a checkpoint of ours (no model.json); pass a step-* or a run directory")
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a checkpoint directory of ours, or a run directory (its latest checkpoint)")
@@ -20,18 +33,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from pretrain import save_hf
-    from pretrain.checkpoint import latest_checkpoint, load_pretrained
+    from pretrain.checkpoint import load_pretrained
     from pretrain.tokenizer import load_tokenizer
 
-    src = Path(args.checkpoint)
-    if not src.exists():
-        sys.exit(f"error: {src} does not exist")
-    if not (src / "model.json").exists() and (src / "checkpoints").is_dir():
-        src = latest_checkpoint(src / "checkpoints") or src
-    if not (src / "model.json").exists():
-        sys.exit(
-            f"error: {src} is not a checkpoint of ours (no model.json); pass a step-* directory or a run directory"
-        )
+    src = resolve_checkpoint(Path(args.checkpoint))
     try:
         model = load_pretrained(src, head=args.head)
         tokenizer = load_tokenizer(str(src)) if (src / "tokenizer_config.json").exists() else None

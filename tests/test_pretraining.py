@@ -211,6 +211,35 @@ def test_command_end_to_end(tmp_path, preset):
     mine = b.prediction_logits if preset.startswith("bert") else b.logits
     assert (theirs - mine).abs().max() < 1e-4
 
+    # the stand-alone tools on the same run
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    exported = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/export.py"), str(out), str(tmp_path / "again")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert exported.returncode == 0, exported.stderr
+    again = auto.from_pretrained(tmp_path / "again").eval()
+    with torch.no_grad():
+        assert torch.equal(again(**enc).logits if preset.startswith("gpt") else again(**enc).prediction_logits, theirs)
+    plotted = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/plot.py"),
+            "attention",
+            str(out),
+            "To be.",
+            "-o",
+            str(tmp_path / "attn.png"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert plotted.returncode == 0, plotted.stderr
+    assert (tmp_path / "attn.png").stat().st_size > 1000
+
 
 @pytest.mark.slow
 def test_unknown_override_is_a_clear_error(tmp_path):
