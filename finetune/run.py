@@ -109,6 +109,11 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
             f"the tokenizer has {len(tokenizer)} tokens but model.init's vocabulary is {task.model.config.vocab_size}; "
             "use the tokenizer the model was trained with (model.tokenizer=...)"
         )
+    if cfg.data.max_length > task.model.config.max_positions:
+        raise ConfigError(
+            f"data.max_length={cfg.data.max_length} is longer than the model's position table "
+            f"({task.model.config.max_positions}); lower data.max_length"
+        )
     if cfg.model.dropout is not None:
         set_dropout(task.model, cfg.model.dropout)
     if cfg.eval_per_epoch:

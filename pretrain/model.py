@@ -133,9 +133,10 @@ class Embeddings(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.word = nn.Embedding(config.vocab_size, config.hidden_size)
-        if config.position_embedding == "learned":
-            self.position = nn.Embedding(config.max_positions, config.hidden_size)
-        else:
+        self.position = (
+            nn.Embedding(config.max_positions, config.hidden_size) if config.position_embedding == "learned" else None
+        )
+        if self.position is None:
             self.register_buffer(
                 "position_table", sinusoidal_table(config.max_positions, config.hidden_size), persistent=False
             )
@@ -152,7 +153,7 @@ class Embeddings(nn.Module):
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, position_ids: torch.Tensor
     ) -> torch.Tensor:
         x = self.word(input_ids)
-        if hasattr(self, "position"):
+        if self.position is not None:
             x = x + self.position(position_ids)
         else:
             x = x + self.position_table[position_ids].to(x.dtype)
