@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -18,7 +19,8 @@ def _app(raw: DictConfig) -> None:
 
     cfg = from_dict(PretrainConfig, OmegaConf.to_container(raw, resolve=True))
     metrics = run_pretraining(cfg)
-    logging.getLogger("pretrain").info("final evaluation: %s", metrics)
+    if int(os.environ.get("RANK", "0")) == 0:
+        logging.getLogger("pretrain").info("final evaluation: %s", metrics)
 
 
 def main() -> None:

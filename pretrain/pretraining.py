@@ -81,17 +81,17 @@ def build_pretraining_model(cfg: PretrainConfig, tokenizer: Any) -> torch.nn.Mod
 def evaluate_pretraining(
     model: Any, accelerator: Any, dataset: Any, collate: Any, batch_size: int, max_batches: int | None, seed: int
 ) -> dict[str, float]:
-    """MLM loss and accuracy, NSP accuracy (BERT); LM loss and perplexity (GPT). Each process takes
-    every world-th batch; sums are reduced before dividing."""
-    n_batches = (len(dataset) + batch_size - 1) // batch_size
-    if max_batches:
-        n_batches = min(n_batches, max_batches)
+    """MLM loss and accuracy, NSP accuracy (BERT); LM loss and perplexity (GPT), over the first
+    max_batches global batches. Each process takes every world-th example; sums are reduced before
+    dividing, so the figures do not depend on the number of processes."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    n_examples = len(dataset) if not max_batches else min(len(dataset), max_batches * batch_size * world)
+    mine = list(range(rank, n_examples, world))
     names = ["mlm_loss", "mlm_correct", "mlm_count", "nsp_loss", "nsp_correct", "nsp_count", "lm_loss", "lm_count"]
     sums = dict.fromkeys(names, 0.0)
     examples = SeededExamples(dataset)
-    for k in range(accelerator.process_index, n_batches, accelerator.num_processes):
-        idx = range(k * batch_size, min(len(dataset), (k + 1) * batch_size))
-        batch = collate([examples[(i, example_seed(seed, 10**6, i))] for i in idx])  # fixed evaluation masks
+    for k in range(0, len(mine), batch_size):
+        batch = collate([examples[(i, example_seed(seed, 10**6, i))] for i in mine[k : k + batch_size]])  # fixed masks
         batch = {key: v.to(accelerator.device) for key, v in batch.items()}
         out = model(**batch)
         if "mlm" in out.loss_terms:

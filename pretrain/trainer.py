@@ -48,9 +48,11 @@ class Task:
 
 
 def make_accelerator(cfg: TrainConfig) -> Any:
+    """Without a GPU, processes started by torchrun / `accelerate launch --multi_gpu` train on the CPU
+    together (gloo); Accelerate only forms that group when told to use the CPU."""
     from accelerate import Accelerator
 
-    return Accelerator(cpu=cfg.cpu, mixed_precision=cfg.precision)
+    return Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.precision)
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
