@@ -244,6 +244,15 @@ def test_command_end_to_end(tmp_path, preset):
     )
     assert plotted.returncode == 0, plotted.stderr
     assert (tmp_path / "attn.png").stat().st_size > 1000
+    if preset.startswith("gpt"):
+        sampled = subprocess.run(
+            [sys.executable, str(ROOT / "scripts/generate.py"), str(out), "To be", "--greedy", "--max-new-tokens", "8"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert sampled.returncode == 0, sampled.stderr
+        assert sampled.stdout.startswith("To be") and len(sampled.stdout.strip()) > len("To be")
 
 
 @pytest.mark.slow
