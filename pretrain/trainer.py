@@ -198,7 +198,10 @@ def train(task: Task, cfg: TrainConfig, seed: int, run_config: dict | None = Non
     batches = iter(loader)
     metrics = MetricsLog(out, cfg, main, step if resume_from else None, run_config or {})
     if state is not None:
-        set_rng_state(state["rng"][accelerator.process_index])
+        if len(state["rng"]) == world:
+            set_rng_state(state["rng"][accelerator.process_index])
+        elif main:  # same global batch, other process count: the same data order, other dropout draws
+            log.warning("resuming with %d processes instead of %d: dropout draws differ", world, len(state["rng"]))
 
     def save(at: int) -> None:
         states = _gather(accelerator, rng_state())
