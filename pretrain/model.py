@@ -536,8 +536,10 @@ class CausalLM(PretrainedModel):
 
 
 def lm_loss_term(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token loss: logits at t predict labels at t + 1."""
-    return _ce_term(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1))
+    """Next-token loss: logits at t predict labels at t + 1. The labels are shifted, not the logits,
+    so the (batch x length x vocab) tensor is never copied."""
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    return _ce_term(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def _pick_next_token(logits, do_sample, temperature, top_k, top_p, generator) -> torch.Tensor:
