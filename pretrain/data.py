@@ -7,11 +7,12 @@ This module knows the tokenizer and the sequence length, nothing of the model.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,12 @@ def load_documents(cfg: DataConfig) -> Any:
 
     if cfg.format in ("sample", "text"):
         files = check_text_files([SAMPLE_CORPUS] if cfg.format == "sample" else cfg.paths)
-        ds = datasets.load_dataset("text", data_files=[str(f) for f in files], sample_by="paragraph", split="train")
+        # size and mtime make the cached Arrow copy follow the files' contents
+        stamps = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        if next(text_documents(stamps), None) is None:
+            raise ValueError(f"the corpus is empty: {', '.join(map(str, files))} hold only blank lines")
+        features = datasets.Features({"text": datasets.Value("string")})
+        ds = datasets.Dataset.from_generator(text_documents, features=features, gen_kwargs={"files": stamps})
     elif cfg.format in ("json", "parquet"):
         files = [str(f) for f in _existing(cfg.paths)]
         ds = datasets.load_dataset(cfg.format, data_files=files, split="train")
@@ -81,6 +87,43 @@ def load_documents(cfg: DataConfig) -> Any:
     if len(ds) == 0:
         raise ValueError("the corpus is empty: no non-blank document was found in the data; check data.paths")
     return ds
+
+
+LINES_PER_PSEUDO_DOCUMENT = 100
+
+
+def text_documents(files: Sequence[tuple[str, int, int]]) -> Iterator[dict[str, str]]:
+    """Documents of text files: runs of lines between blank (or whitespace-only) lines. A file with
+    no blank line at all is cut into pseudo-documents of LINES_PER_PSEUDO_DOCUMENT lines, so it still
+    has documents to pair and to hold out."""
+    for name, *_ in files:
+        with open(name, encoding="utf-8") as f:
+            paragraphs = _paragraphs(f)
+            head = [p for p in (next(paragraphs, None), next(paragraphs, None)) if p is not None]
+            if len(head) == 1 and len(head[0]) > LINES_PER_PSEUDO_DOCUMENT:
+                log.warning(
+                    "%s has no blank line between documents: every %d lines are taken as one document",
+                    name,
+                    LINES_PER_PSEUDO_DOCUMENT,
+                )
+                lines = head[0]
+                head = [
+                    lines[i : i + LINES_PER_PSEUDO_DOCUMENT] for i in range(0, len(lines), LINES_PER_PSEUDO_DOCUMENT)
+                ]
+            for lines in itertools.chain(head, paragraphs):
+                yield {"text": "\n".join(lines)}
+
+
+def _paragraphs(lines: Iterable[str]) -> Iterator[list[str]]:
+    paragraph: list[str] = []
+    for line in lines:
+        if line.strip():
+            paragraph.append(line.rstrip("\n"))
+        elif paragraph:
+            yield paragraph
+            paragraph = []
+    if paragraph:
+        yield paragraph
 
 
 def _existing(paths: Sequence[str]) -> list[Path]:

@@ -215,3 +215,15 @@ def test_sample_corpus_ships_with_attribution():
 
     assert SAMPLE_CORPUS.stat().st_size > 100_000
     assert "public domain" in (Path(SAMPLE_CORPUS).parent / "ATTRIBUTION.md").read_text()
+
+
+def test_documents_are_split_on_whitespace_only_lines_and_long_single_documents_are_chunked(tmp_path):
+    from pretrain.data import LINES_PER_PSEUDO_DOCUMENT, text_documents
+
+    spaced = tmp_path / "spaced.txt"
+    spaced.write_text(" = Title = \n \n First paragraph.\n Still first.\n \t\n Second paragraph.\n")
+    one = tmp_path / "one.txt"
+    one.write_text("".join(f"line {i}.\n" for i in range(2 * LINES_PER_PSEUDO_DOCUMENT + 5)))
+    docs = [d["text"] for d in text_documents([(str(spaced), 0, 0), (str(one), 0, 0)])]
+    assert docs[:3] == [" = Title = ", " First paragraph.\n Still first.", " Second paragraph."]
+    assert [len(d.split("\n")) for d in docs[3:]] == [LINES_PER_PSEUDO_DOCUMENT, LINES_PER_PSEUDO_DOCUMENT, 5]
