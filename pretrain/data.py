@@ -12,6 +12,7 @@ import json
 import logging
 import random
 import re
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,12 +276,12 @@ def build_pretraining_data(cfg: DataConfig, tokenizer: Any, family: str, seed: i
 
     entropy = _unigram_entropy(out["train"], tokenizer, family)
     tmp = cache.with_name(cache.name + ".tmp")
+    if tmp.exists():  # left by a run killed while writing
+        shutil.rmtree(tmp)
     for name, ds in out.items():
         ds.save_to_disk(str(tmp / name))
     (tmp / "meta.json").write_text(json.dumps({"unigram_entropy": entropy}))
     if cache.exists():
-        import shutil
-
         shutil.rmtree(cache)
     tmp.rename(cache)
     return _load_cached(cache, entropy)

@@ -196,7 +196,8 @@ def train(task: Task, cfg: TrainConfig, seed: int, run_config: dict | None = Non
         generator=torch.Generator(),  # never draws from the global RNG
     )
     batches = iter(loader)
-    metrics = MetricsLog(out, cfg, main, step if resume_from else None, run_config or {})
+    # resuming (even from nothing: killed before its first checkpoint) drops what was logged past `step`
+    metrics = MetricsLog(out, cfg, main, step if cfg.resume is not None else None, run_config or {})
     if state is not None:
         if len(state["rng"]) == world:
             set_rng_state(state["rng"][accelerator.process_index])

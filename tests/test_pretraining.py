@@ -312,3 +312,46 @@ def test_two_processes_match_one(tmp_path):
     a = load_file(str(tmp_path / "one/checkpoints/step-00000008/model.safetensors"))
     b = load_file(str(tmp_path / "two/checkpoints/step-00000008/model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_exactly(tmp_path):
+    """A real SIGKILL mid-run (after a checkpoint, possibly mid-write of the next), then resume=auto."""
+    import signal
+    import time
+
+    common = [
+        "train.max_steps=12",
+        "train.save_every=4",
+        "train.eval_every=4",
+        "train.log_every=1",
+        "train.plot=false",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        *CLI_TINY,
+    ]
+    full = _cli([*common, f"train.output_dir={tmp_path / 'full'}"], cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pretrain", *common, f"train.output_dir={killed_dir}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not (killed_dir / "checkpoints" / "step-00000004").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (killed_dir / "checkpoints" / "step-00000004" / "trainer_state.pt").exists()
+    assert not (killed_dir / "checkpoints" / "step-00000012").exists(), "killed before the end"
+
+    resumed = _cli([*common, f"train.output_dir={killed_dir}", "train.resume=auto"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(killed_dir) == losses(tmp_path / "full") and len(losses(killed_dir)) == 12
+    a = load_file(str(tmp_path / "full/checkpoints/step-00000012/model.safetensors"))
+    b = load_file(str(killed_dir / "checkpoints/step-00000012/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
