@@ -312,7 +312,7 @@ class Transformer(nn.Module):
                 "truncate the input (data.max_length) or use a model with larger max_positions"
             )
         if input_ids.numel():
-            low, high = int(input_ids.min()), int(input_ids.max())
+            low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one device sync, not two
             if low < 0 or high >= cfg.vocab_size:
                 raise ValueError(
                     f"token id {high if high >= cfg.vocab_size else low} is outside the vocabulary "
