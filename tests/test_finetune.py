@@ -205,7 +205,31 @@ def test_gpt_classification_with_auxiliary_lm_loss_and_pipeline(tmp_path, tiny_g
     assert [r["label"] for r in classify([p["text"] for p in predictions])] == [p["prediction"] for p in predictions]
 
 
-def squad_file(path, n_articles=6, bad_starts=0):
+def test_regression_end_to_end(tmp_path, tiny_bert_checkpoint):
+    rng = random.Random(0)
+    rows = [
+        (rng.choice(POSITIVE), 4.0 + rng.random()) if i % 2 else (rng.choice(NEGATIVE), rng.random())
+        for i in range(160)
+    ]
+    for name, part in (("train.csv", rows[:120]), ("dev.csv", rows[120:])):
+        (tmp_path / name).write_text("sentence,score\n" + "".join(f"{s},{y:.3f}\n" for s, y in part))
+    cfg = finetune_config(
+        tmp_path,
+        tiny_bert_checkpoint,
+        tmp_path / "train.csv",
+        tmp_path / "dev.csv",
+        label_column="score",
+        regression=True,
+    )
+    cfg.train.max_steps = 150
+    metrics = run_finetune(cfg)
+    assert metrics["pearson"] > 0.9 and metrics["spearman"] > 0.5
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(Path(cfg.train.output_dir) / "export").problem_type == "regression"
+
+
+def squad_file(path, n_articles=6, bad_starts=0, impossible=0):
     rng = random.Random(1)
     cities = ["paris", "rome", "oslo", "lima", "cairo", "delhi", "tokyo", "quito"]
     data = []
@@ -226,6 +250,9 @@ def squad_file(path, n_articles=6, bad_starts=0):
         data.append({"title": f"article {a}", "paragraphs": paragraphs})
     for k in range(bad_starts):
         data[0]["paragraphs"][k]["qas"][0]["answers"][0]["answer_start"] += 1
+    for k in range(impossible):  # SQuAD 2.0: unanswerable questions have no answers
+        qa_item = data[k % n_articles]["paragraphs"][k // n_articles]["qas"][0]
+        qa_item.update(question="what did the fish buy?", answers=[], is_impossible=True)
     Path(path).write_text(json.dumps({"version": "1.1", "data": data}))
     return path
 
@@ -259,6 +286,22 @@ def test_span_qa_end_to_end_and_pipeline(tmp_path, tiny_bert_checkpoint):
     starts = [logits.start_logits[i, : n[i]].numpy() for i in range(len(features))]
     ends = [logits.end_logits[i, : n[i]].numpy() for i in range(len(features))]
     assert qa.best_answers(examples, features, starts, ends, cfg.data) == answers
+
+
+def test_squad_v2_unanswerable_questions(tmp_path, tiny_bert_checkpoint):
+    train_file = squad_file(tmp_path / "train.json", n_articles=12, impossible=20)
+    dev_file = squad_file(tmp_path / "dev.json", n_articles=2, impossible=4)
+    cfg = finetune_config(
+        tmp_path, tiny_bert_checkpoint, train_file, dev_file, task="qa", doc_stride=16, max_query_length=16
+    )
+    with pytest.raises(ConfigError, match="data.version_2=true"):
+        run_finetune(cfg)
+    cfg.data.version_2 = True
+    cfg.train.max_steps = 100
+    cfg.train.output_dir = str(tmp_path / "v2")
+    metrics = run_finetune(cfg)
+    assert metrics["NoAns_total"] == 4 and metrics["HasAns_total"] == 6
+    assert metrics["NoAns_exact"] > 50 and metrics["HasAns_f1"] > 50  # it learns to abstain, and to answer
 
 
 # ----------------------------------------------------------------------------- bad input
