@@ -57,6 +57,23 @@ def read_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any
     return rows
 
 
+def exclude_rows(rows: list[dict[str, Any]], ids_file: str, id_columns: list[str] | None) -> list[dict[str, Any]]:
+    """Rows whose id (the values of `id_columns`) is not a line of `ids_file` (tab-separated ids).
+    GLUE's MRPC train split is the Microsoft training file minus the pairs listed in dev_ids.tsv."""
+    if not id_columns:
+        raise ConfigError("data.exclude_ids_file needs data.id_columns, e.g. ['#1 ID','#2 ID']")
+    missing = [c for c in id_columns if c not in rows[0]]
+    if missing:
+        raise ConfigError(f"data.id_columns {missing} are not columns of the training data ({list(rows[0])})")
+    path = Path(ids_file).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"data.exclude_ids_file {path} does not exist")
+    excluded = {tuple(line.split("\t")) for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()}
+    kept = [r for r in rows if tuple(str(r[c]) for c in id_columns) not in excluded]
+    log.info("excluded %d training rows listed in %s", len(rows) - len(kept), path)
+    return kept
+
+
 def load_split(cfg: FinetuneDataConfig, path: str | None, split: str) -> list[dict[str, Any]]:
     if path is not None:
         return read_rows(path, cfg.columns)

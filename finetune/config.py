@@ -28,6 +28,8 @@ class FinetuneDataConfig:
     validation: str | None = None
     holdout_fraction: float = 0.0  # no validation file: hold out this fraction of train (SQuAD: by article)
     columns: list[str] | None = None  # names for a header-less TSV / CSV (CoLA)
+    exclude_ids_file: str | None = None  # drop training rows whose ids are listed here (MRPC: dev_ids.tsv)
+    id_columns: list[str] | None = None  # the columns that form a row's id for exclude_ids_file
     text_column: str = "sentence"
     text_pair_column: str | None = None
     label_column: str = "label"

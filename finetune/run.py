@@ -159,6 +159,8 @@ def _classification(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any):
     train_file, validation_file = cfg.files()
     train_rows = cls.load_split(d, train_file, d.train_split)
     cls.check_columns(train_rows, d, train_file or d.train_split)
+    if d.exclude_ids_file:
+        train_rows = cls.exclude_rows(train_rows, d.exclude_ids_file, d.id_columns)
     if validation_file or (not train_file and d.holdout_fraction == 0):
         val_rows = cls.load_split(d, validation_file, d.validation_split)
         cls.check_columns(val_rows, d, validation_file or d.validation_split)

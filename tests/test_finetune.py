@@ -339,3 +339,14 @@ def test_glue_files_read(shared_data):
     assert len(mrpc) == 408 and "Quality" in mrpc[0]  # the BOM is gone
     rte = cls.read_rows(str(shared_data / "glue/RTE/dev.tsv"))
     assert {r["label"] for r in rte} == {"entailment", "not_entailment"}
+
+
+@pytest.mark.slow
+def test_mrpc_train_is_built_as_glue_builds_it(shared_data):
+    mrpc = shared_data / "glue/MRPC"
+    rows = cls.read_rows(str(mrpc / "msr_paraphrase_train.txt"))
+    train = cls.exclude_rows(rows, str(mrpc / "dev_ids.tsv"), ["#1 ID", "#2 ID"])
+    assert len(train) == 3668  # SOURCES.md: 2,474 paraphrases / 1,194 not
+    assert sum(r["Quality"] == "1" for r in train) == 2474
+    with pytest.raises(ConfigError, match="id_columns"):
+        cls.exclude_rows(rows, str(mrpc / "dev_ids.tsv"), None)
