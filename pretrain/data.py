@@ -223,11 +223,13 @@ class PretrainingData:
     unigram_entropy: float  # nats/token of a unigram model of the training tokens: the floor to beat
 
 
-def build_pretraining_data(cfg: DataConfig, tokenizer: Any, family: str, seed: int) -> PretrainingData:
+def build_pretraining_data(
+    cfg: DataConfig, tokenizer: Any, family: str, seed: int, docs: Any = None
+) -> PretrainingData:
     """Documents -> held-out split -> tokens -> examples, cached on disk keyed by everything it depends on."""
     import datasets
 
-    docs = load_documents(cfg)
+    docs = docs if docs is not None else load_documents(cfg)
     key = _cache_key(docs._fingerprint, tokenizer, family, cfg, seed)
     cache = cache_root(cfg) / key
     if (cache / "meta.json").exists():

@@ -29,7 +29,7 @@ from .trainer import Task, make_accelerator, train
 log = logging.getLogger(__name__)
 
 
-def get_tokenizer(cfg: PretrainConfig, out: Path, is_main: bool, accelerator: Any) -> Any:
+def get_tokenizer(cfg: PretrainConfig, docs: Any, out: Path, is_main: bool, accelerator: Any) -> Any:
     """A resumed run reuses the tokenizer saved in its output directory; otherwise load the given one
     or train one on the corpus (main process first, the others then load it)."""
     saved = out / "tokenizer"
@@ -38,9 +38,8 @@ def get_tokenizer(cfg: PretrainConfig, out: Path, is_main: bool, accelerator: An
     if cfg.data.tokenizer:
         tokenizer = load_tokenizer(cfg.data.tokenizer)
     else:
-        trained = trained_tokenizer_dir(cfg)
+        trained = trained_tokenizer_dir(cfg, docs)
         if is_main and not trained.exists():
-            docs = load_documents(cfg.data)
             tmp = trained.with_name(trained.name + ".tmp")
             train_tokenizer(
                 iter(docs["text"]), cfg.model.family, cfg.data.vocab_size, cfg.data.lowercase
@@ -54,11 +53,10 @@ def get_tokenizer(cfg: PretrainConfig, out: Path, is_main: bool, accelerator: An
     return tokenizer
 
 
-def trained_tokenizer_dir(cfg: PretrainConfig) -> Path:
+def trained_tokenizer_dir(cfg: PretrainConfig, docs: Any) -> Path:
     """Where the tokenizer trained for this corpus and these settings is cached. Trainers break
     frequency ties in hash order, so training twice can give two vocabularies: the cache makes runs
     on the same data share one (and skips the work)."""
-    docs = load_documents(cfg.data)
     key = hashlib.sha256(
         json.dumps([docs._fingerprint, cfg.model.family, cfg.data.vocab_size, cfg.data.lowercase]).encode()
     ).hexdigest()[:24]
@@ -131,10 +129,12 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
     from .trainer import prepare_output_dir
 
     prepare_output_dir(cfg.train)  # fail before any work if the directory holds another run
-    tokenizer = get_tokenizer(cfg, out, accelerator.is_main_process, accelerator)
+    with accelerator.main_process_first():  # once: files are checked, read and cached (as Arrow) here
+        docs = load_documents(cfg.data)
+    tokenizer = get_tokenizer(cfg, docs, out, accelerator.is_main_process, accelerator)
     family = cfg.model.family
     with accelerator.main_process_first():  # one process builds the cache, the others read it
-        data = build_pretraining_data(cfg.data, tokenizer, family, cfg.seed)
+        data = build_pretraining_data(cfg.data, tokenizer, family, cfg.seed, docs)
     set_seed(cfg.seed)
     model = build_pretraining_model(cfg, tokenizer)
     if accelerator.is_main_process:
