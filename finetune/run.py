@@ -73,6 +73,26 @@ def predict(
     return [r for _, r in sorted(results, key=lambda x: x[0])]
 
 
+class Evaluation:
+    """A task's evaluation that remembers its last (metrics, predictions): the loop always evaluates
+    after its final step, so the final report reuses that rather than evaluating twice."""
+
+    def __init__(self, evaluate_all: Callable[[Any, Any], tuple[dict[str, float], Any]]):
+        self.evaluate_all = evaluate_all
+        self.last: tuple[dict[str, float], Any] | None = None
+
+    def __call__(self, model: Any, accelerator: Any) -> dict[str, float]:
+        self.last = self.evaluate_all(model, accelerator)
+        return self.last[0]
+
+    def final(self, model: Any, accelerator: Any) -> tuple[dict[str, float], Any]:
+        if self.last is None:  # e.g. resumed at the last step: nothing was evaluated
+            model.eval()
+            with torch.no_grad():
+                self.last = self.evaluate_all(model, accelerator)
+        return self.last
+
+
 class BestModel:
     """Keeps the model of the best evaluation so far in <output_dir>/best (our checkpoint format)."""
 
@@ -199,10 +219,10 @@ def _classification(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any):
         predictions = logits.argmax(-1)
         return cls.classification_metrics(predictions, gold, num_labels), predictions
 
+    evaluation = Evaluation(evaluate_all)
+
     def final_eval(m: Any, acc: Any):
-        m.eval()
-        with torch.no_grad():
-            metrics, predictions = evaluate_all(m, acc)
+        metrics, predictions = evaluation.final(m, acc)
         lines = [
             json.dumps(
                 {
@@ -221,7 +241,7 @@ def _classification(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any):
         model=model,
         train_data=train_features,
         collate=collate,
-        evaluate=lambda m, acc: evaluate_all(m, acc)[0],
+        evaluate=evaluation,
         tokenizer=tokenizer,
     )
     return task, final_eval, "pearson" if d.regression else "accuracy"
@@ -269,18 +289,18 @@ def _qa(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any):
         answers = qa.best_answers(val_examples, val_features, [x[0] for x in logits], [x[1] for x in logits], d)
         return squad_scores(answers, golds), answers
 
+    evaluation = Evaluation(evaluate_all)
+
     def final_eval(m: Any, acc: Any):
-        m.eval()
-        with torch.no_grad():
-            metrics, answers = evaluate_all(m, acc)
-        metrics["skipped_training_examples"] = float(skipped)
+        metrics, answers = evaluation.final(m, acc)
+        metrics = {**metrics, "skipped_training_examples": float(skipped)}
         return metrics, ("predictions.json", json.dumps(answers, indent=1, ensure_ascii=False))
 
     task = Task(
         model=model,
         train_data=train_features,
         collate=collate,
-        evaluate=lambda m, acc: evaluate_all(m, acc)[0],
+        evaluate=evaluation,
         tokenizer=tokenizer,
     )
     return task, final_eval, "f1"
