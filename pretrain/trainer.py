@@ -253,9 +253,8 @@ def train(task: Task, cfg: TrainConfig, seed: int, run_config: dict | None = Non
                 loss = sum(total / counts[name] for name, (total, _) in output.loss_terms.items())
                 accelerator.backward(loss * world)  # DDP averages over processes; we want the global sum
             step_loss += loss.detach().float()
-            tokens_seen += (
-                int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-            )
+            # a tensor sum, read only when logging: no device sync per micro-batch
+            tokens_seen += batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
         if cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
@@ -269,7 +268,7 @@ def train(task: Task, cfg: TrainConfig, seed: int, run_config: dict | None = Non
             values = {
                 "loss": loss_value,
                 "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": tokens_seen * world / elapsed,
+                "tokens_per_s": float(tokens_seen) * world / elapsed,
             }
             tokens_seen, clock = 0, time.perf_counter()
             if not math.isfinite(loss_value):
