@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.checkpoint import latest_checkpoint, load_pretrained, save_model_dir
+from pretrain.checkpoint import load_pretrained, resolve_run_dir, save_model_dir
 from pretrain.config import ConfigError, to_dict
 from pretrain.tokenizer import load_tokenizer
 from pretrain.trainer import Task, make_accelerator, prepare_output_dir, train
@@ -30,11 +30,8 @@ def find_tokenizer(init: str) -> Any:
     """The tokenizer saved with model.init: in the directory, its tokenizer/ or its latest checkpoint;
     a hub name otherwise."""
     path = Path(init).expanduser()
-    candidates = [path, path / "tokenizer"]
-    if (path / "checkpoints").is_dir():
-        candidates.append(latest_checkpoint(path / "checkpoints"))
-    for c in candidates:
-        if c is not None and ((c / "tokenizer_config.json").exists() or (c / "tokenizer.json").exists()):
+    for c in (path, path / "tokenizer", resolve_run_dir(path)):
+        if (c / "tokenizer_config.json").exists() or (c / "tokenizer.json").exists():
             return load_tokenizer(str(c))
     if path.exists():
         raise FileNotFoundError(f"no tokenizer found with model.init={init}; pass model.tokenizer=<directory>")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .hf_interop import build_model, load_hf
+from .hf_interop import build_model, head_name, load_hf
 from .model import PretrainedModel, SequenceClassifier, Transformer, TransformerConfig
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -31,21 +31,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 def model_meta(model: PretrainedModel | Transformer) -> dict[str, Any]:
     """What it takes to rebuild `model`: its config, head and head arguments."""
-    from .hf_interop import _head_pairs  # the architecture name tells the head
-
-    arch = _head_pairs(model)[1]
-    head = {
-        "BertModel": "base",
-        "GPT2Model": "base",
-        "BertForPreTraining": "pretraining",
-        "BertForMaskedLM": "mlm",
-        "GPT2LMHeadModel": "causal_lm",
-        "BertForSequenceClassification": "classification",
-        "GPT2ForSequenceClassification": "classification",
-        "BertForQuestionAnswering": "qa",
-        "GPT2ForQuestionAnswering": "qa",
-    }[arch]
-    meta: dict[str, Any] = {"config": model.config.to_dict(), "head": head, "head_kwargs": {}}
+    meta: dict[str, Any] = {"config": model.config.to_dict(), "head": head_name(model), "head_kwargs": {}}
     if isinstance(model, SequenceClassifier):
         meta["head_kwargs"] = {"num_labels": model.num_labels, "lm_loss_weight": model.lm_loss_weight}
         if getattr(model, "id2label", None):
@@ -80,7 +66,7 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
     for key in tied & set(state):  # a tied weight stored under its alias: it is the word embedding
         state.setdefault("transformer.embeddings.word.weight", state.pop(key))
     result = model.load_state_dict(state, strict=False)
-    missing = set(result.missing_keys) - tied_keys(model)
+    missing = set(result.missing_keys) - tied
     if missing or result.unexpected_keys:
         raise ValueError(
             f"{path} does not fit the model: missing {sorted(missing)[:5]}, unexpected {result.unexpected_keys[:5]}; "
@@ -102,16 +88,22 @@ def load_model_dir(directory: str | Path) -> PretrainedModel | Transformer:
     return model
 
 
+def resolve_run_dir(path: Path) -> Path:
+    """A run directory (one with checkpoints/) stands for its latest checkpoint; any other path is
+    returned as it is."""
+    if (path / "checkpoints").is_dir() and not (path / "model.json").exists():
+        return latest_checkpoint(path / "checkpoints") or path
+    return path
+
+
 def load_pretrained(src: str | Path, head: str | None = None, **head_kwargs: Any) -> PretrainedModel | Transformer:
     """Weights from our checkpoint (a step directory or a run directory: its latest checkpoint), our
     export, or any Hugging Face BERT / GPT-2 directory or hub name. With `head`, the trunk is kept
     and the head is rebuilt (for fine-tuning)."""
-    path = Path(src).expanduser()
-    if path.is_dir() and not (path / "model.json").exists() and (path / "checkpoints").is_dir():
-        path = latest_checkpoint(path / "checkpoints") or path
+    path = resolve_run_dir(Path(src).expanduser())
     if (path / "model.json").exists():
         model = load_model_dir(path)
-        if head is None or head == model_meta(model)["head"] and not head_kwargs:
+        if head is None or head == head_name(model) and not head_kwargs:
             return model
         target = build_model(model.config, head, **head_kwargs)
         trunk = model if isinstance(model, Transformer) else model.transformer

@@ -341,6 +341,13 @@ _ARCH_TO_HEAD = {
     "GPT2ForSequenceClassification": "classification",
     "GPT2ForQuestionAnswering": "qa",
 }
+
+
+def head_name(model: PretrainedModel | Transformer) -> str:
+    """The head name (one of HEADS) that rebuilds `model` with build_model."""
+    return _ARCH_TO_HEAD[_head_pairs(model)[1]]
+
+
 # weights a task cannot do without: missing ones are an error, not a silent random init
 _PRETRAINED_HEADS = ("mlm_head.", "nsp_head.", "lm_head.")
 

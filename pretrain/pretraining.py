@@ -24,7 +24,7 @@ from .data import (
 )
 from .hf_interop import build_model
 from .tokenizer import check_family, load_tokenizer, train_tokenizer
-from .trainer import Task, make_accelerator, train
+from .trainer import Task, make_accelerator, prepare_output_dir, train
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,6 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
     cfg.validate()
     accelerator = make_accelerator(cfg.train)
     out = Path(cfg.train.output_dir)
-    from .trainer import prepare_output_dir
-
     prepare_output_dir(cfg.train)  # fail before any work if the directory holds another run
     with accelerator.main_process_first():  # once: files are checked, read and cached (as Arrow) here
         docs = load_documents(cfg.data)

@@ -26,6 +26,7 @@ from .checkpoint import (
     latest_checkpoint,
     load_model_weights,
     read_trainer_state,
+    resolve_run_dir,
     rng_state,
     set_rng_state,
     write_checkpoint,
@@ -94,12 +95,9 @@ def prepare_output_dir(cfg: TrainConfig) -> Path | None:
         if found is None:
             log.warning("train.resume=auto: no checkpoint in %s yet, starting from scratch", checkpoints)
         return found
-    path = Path(cfg.resume)
+    path = resolve_run_dir(Path(cfg.resume))
     if not (path / "trainer_state.pt").exists():
-        found = latest_checkpoint(path / "checkpoints") if path.is_dir() else None
-        if found is None:
-            raise FileNotFoundError(f"train.resume={cfg.resume}: no checkpoint there (no trainer_state.pt)")
-        path = found
+        raise FileNotFoundError(f"train.resume={cfg.resume}: no checkpoint there (no trainer_state.pt)")
     return path
 
 

@@ -14,12 +14,11 @@ from pathlib import Path
 
 def resolve_checkpoint(path: Path) -> Path:
     """A step-* checkpoint directory, or a run directory's latest checkpoint; exits with a clear message."""
-    from pretrain.checkpoint import latest_checkpoint
+    from pretrain.checkpoint import resolve_run_dir
 
     if not path.exists():
         sys.exit(f"error: {path} does not exist")
-    if not (path / "model.json").exists() and (path / "checkpoints").is_dir():
-        path = latest_checkpoint(path / "checkpoints") or path
+    path = resolve_run_dir(path)
     if not (path / "model.json").exists():
         sys.exit(f"error: {path} is not a checkpoint of ours (no model.json); pass a step-* or a run directory")
     return path

@@ -26,12 +26,10 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from pretrain import CausalLM
-    from pretrain.checkpoint import latest_checkpoint, load_pretrained
+    from pretrain.checkpoint import load_pretrained, resolve_run_dir
     from pretrain.tokenizer import load_tokenizer
 
-    src = Path(args.model)
-    if (src / "checkpoints").is_dir() and not (src / "model.json").exists():
-        src = latest_checkpoint(src / "checkpoints") or src
+    src = resolve_run_dir(Path(args.model))
     try:
         model = load_pretrained(src if src.exists() else args.model, head="causal_lm")
     except ValueError as e:
