@@ -17,12 +17,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
-KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (K, V), each (B, kv_heads, T, head_dim)
+RotaryTables = tuple[torch.Tensor, torch.Tensor]
 
 _ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
+    "silu": F.silu,
 }
 
 
@@ -38,15 +40,28 @@ class TransformerConfig:
     dropout: float = 0.1  # embeddings, residual branches, classifier
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
-    position_embedding: Literal["learned", "sinusoidal"] = "learned"
+    position_embedding: Literal["learned", "sinusoidal", "rotary"] = "learned"
     norm_placement: Literal["post", "pre"] = "post"  # post-LN: BERT; pre-LN + final LN: GPT-2
-    activation: Literal["gelu", "gelu_tanh", "relu"] = "gelu"
+    activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = "gelu"
     causal: bool = False
     tie_embeddings: bool = True
     init_std: float = 0.02
     pad_token_id: int | None = 0
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+    # the modern switches (defaults reproduce BERT / GPT-2)
+    num_kv_heads: int | None = None  # grouped-query attention: fewer K/V heads than query heads (None: all)
+    rope_theta: float = 10000.0  # rotary base (global layers)
+    local_rope_theta: float | None = None  # rotary base of local-attention layers (None: rope_theta)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    bias: bool = True  # biases in the linears and the norms
+    gated_mlp: bool = False  # act(gate(x)) * up(x): SwiGLU with silu, GeGLU with gelu
+    embedding_norm: bool | None = None  # a norm on the embedding sum (None: post-LN models only)
+    local_attention: int = 0  # sliding window: a token sees keys within local_attention // 2 (0: off)
+    global_attn_every_n_layers: int = 1  # with local_attention: layers 0, n, 2n, ... stay global
+    positions_skip_padding: bool = False  # RoBERTa: positions count non-padding tokens from pad_token_id + 1
+    head_transform: bool = False  # ModernBERT: task heads start with dense -> act -> norm (no tanh pooler)
+    classifier_pooling: Literal["cls", "mean"] = "cls"  # encoders with head_transform (ModernBERT)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_size", "max_positions"):
@@ -62,11 +77,27 @@ class TransformerConfig:
             raise ValueError("model config: segment_vocab_size must be >= 0 (0 = no segment embeddings)")
         if self.position_embedding == "sinusoidal" and self.hidden_size % 2:
             raise ValueError("model config: sinusoidal positions need an even hidden_size")
-        if self.position_embedding == "rotary":
+        kv_heads = self.num_kv_heads or self.num_heads
+        if kv_heads <= 0 or self.num_heads % kv_heads:
             raise ValueError(
-                "model config: rotary position embeddings are not implemented yet; use learned or sinusoidal"
+                f"model config: num_kv_heads ({self.num_kv_heads}) must divide num_heads ({self.num_heads}); "
+                "each K/V head serves a whole group of query heads"
             )
-        _check_choice("position_embedding", self.position_embedding, ("learned", "sinusoidal"))
+        if self.position_embedding == "rotary" and self.head_dim % 2:
+            raise ValueError("model config: rotary positions need an even head dimension (hidden_size / num_heads)")
+        if self.local_attention < 0 or self.local_attention % 2:
+            raise ValueError(
+                f"model config: local_attention must be an even window size >= 0 (0 = off), got {self.local_attention}"
+            )
+        if self.local_attention and self.causal:
+            raise ValueError("model config: local_attention is implemented for encoders only (causal=false)")
+        if self.global_attn_every_n_layers < 1:
+            raise ValueError("model config: global_attn_every_n_layers must be >= 1")
+        if self.positions_skip_padding and self.pad_token_id is None:
+            raise ValueError("model config: positions_skip_padding needs a pad_token_id")
+        _check_choice("position_embedding", self.position_embedding, ("learned", "sinusoidal", "rotary"))
+        _check_choice("norm", self.norm, ("layernorm", "rmsnorm"))
+        _check_choice("classifier_pooling", self.classifier_pooling, ("cls", "mean"))
         _check_choice("norm_placement", self.norm_placement, ("post", "pre"))
         _check_choice("activation", self.activation, tuple(_ACTIVATIONS))
         for name in ("dropout", "attention_dropout"):
@@ -76,6 +107,17 @@ class TransformerConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def has_embedding_norm(self) -> bool:
+        return self.norm_placement == "post" if self.embedding_norm is None else self.embedding_norm
+
+    def is_local_layer(self, index: int) -> bool:
+        return bool(self.local_attention) and index % self.global_attn_every_n_layers != 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -96,6 +138,31 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 def _divisor_hint(n: int) -> int:
     return next(h for h in (16, 12, 8, 4, 2, 1) if n % h == 0)
+
+
+def make_norm(config: TransformerConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.hidden_size, eps=config.layer_norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=config.bias)
+
+
+def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> RotaryTables:
+    """(cos, sin), each (..., T, head_dim), in the half-split layout of Llama / ModernBERT (rotate_half)."""
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim)
+    )
+    angles = positions.float()[..., None] * inv_freq
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, D); cos/sin: (T, D) or (B, T, D)."""
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]
+    half = x.size(-1) // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -136,17 +203,16 @@ class Embeddings(nn.Module):
         self.position = (
             nn.Embedding(config.max_positions, config.hidden_size) if config.position_embedding == "learned" else None
         )
-        if self.position is None:
+        if config.position_embedding == "sinusoidal":
             self.register_buffer(
                 "position_table", sinusoidal_table(config.max_positions, config.hidden_size), persistent=False
             )
         self.segment = (
             nn.Embedding(config.segment_vocab_size, config.hidden_size) if config.segment_vocab_size else None
         )
-        # post-LN models (BERT) normalise the embedding sum; pre-LN models (GPT-2) leave it to the first block
-        self.norm = (
-            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_placement == "post" else None
-        )
+        # post-LN models (BERT) normalise the embedding sum; pre-LN models (GPT-2) leave it to the first block,
+        # except ModernBERT, which normalises both (its first block then has no attention norm)
+        self.norm = make_norm(config) if config.has_embedding_norm else None
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
@@ -155,7 +221,7 @@ class Embeddings(nn.Module):
         x = self.word(input_ids)
         if self.position is not None:
             x = x + self.position(position_ids)
-        else:
+        elif hasattr(self, "position_table"):
             x = x + self.position_table[position_ids].to(x.dtype)
         if self.segment is not None:
             x = x + (self.segment(token_type_ids) if token_type_ids is not None else self.segment.weight[0])
@@ -165,13 +231,16 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head scaled dot-product attention with one fused Q/K/V projection."""
+    """Multi-head scaled dot-product attention with one fused Q/K/V projection: queries for every head,
+    then keys and values for the (possibly fewer, grouped-query) K/V heads. Rotary positions, when
+    given, rotate queries and keys; the KV cache stores the K/V heads only."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
-        self.num_heads = config.num_heads
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.num_heads, self.kv_heads, self.head_dim = config.num_heads, config.kv_heads, config.head_dim
+        qkv_size = (config.num_heads + 2 * config.kv_heads) * config.head_dim
+        self.qkv = nn.Linear(config.hidden_size, qkv_size, bias=config.bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.bias)
         self.attention_dropout = config.attention_dropout
 
     def forward(
@@ -181,15 +250,27 @@ class SelfAttention(nn.Module):
         is_causal: bool,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
         need_weights: bool = False,
+        rope: RotaryTables | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
         batch, length, hidden = x.shape
-        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, hidden // self.num_heads).permute(2, 0, 3, 1, 4)
+        groups = self.num_heads // self.kv_heads
+        qkv = self.qkv(x).view(batch, length, groups + 2, self.kv_heads, self.head_dim)
+        if groups == 1:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        else:
+            q = qkv[:, :, :groups].reshape(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+            k, v = qkv[:, :, groups:].permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
+        cache = (k, v)
         dropout_p = self.attention_dropout if self.training else 0.0
         probs = None
         if need_weights:  # explicit path so the probabilities can be returned (for plots); slower
+            if groups > 1:
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
             if mask is not None:
                 scores = scores + mask
@@ -198,39 +279,51 @@ class SelfAttention(nn.Module):
             probs = scores.softmax(dim=-1)
             y = F.dropout(probs, dropout_p, self.training) @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=groups > 1
+            )
         y = y.transpose(1, 2).reshape(batch, length, hidden)
-        return self.proj(y), (k, v), probs
+        return self.proj(y), cache, probs
 
 
 class MLP(nn.Module):
+    """fc -> act -> proj; gated (SwiGLU / GeGLU): fc computes [gate; up] in one matmul and
+    proj(act(gate) * up)."""
+
     def __init__(self, config: TransformerConfig):
         super().__init__()
-        self.fc = nn.Linear(config.hidden_size, config.ffn_size)
-        self.proj = nn.Linear(config.ffn_size, config.hidden_size)
+        self.gated = config.gated_mlp
+        self.fc = nn.Linear(config.hidden_size, config.ffn_size * (2 if self.gated else 1), bias=config.bias)
+        self.proj = nn.Linear(config.ffn_size, config.hidden_size, bias=config.bias)
         self.act = _ACTIVATIONS[config.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            gate, up = self.fc(x).chunk(2, dim=-1)
+            return self.proj(self.act(gate) * up)
         return self.proj(self.act(self.fc(x)))
 
 
 class Block(nn.Module):
-    def __init__(self, config: TransformerConfig):
+    def __init__(self, config: TransformerConfig, index: int = 0):
         super().__init__()
         self.pre_norm = config.norm_placement == "pre"
+        self.local = config.is_local_layer(index)
         self.attn = SelfAttention(config)
-        self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # pre-LN after a normalised embedding (ModernBERT): the first block's input is already normalised
+        first_after_norm = self.pre_norm and index == 0 and config.has_embedding_norm
+        self.attn_norm = nn.Identity() if first_after_norm else make_norm(config)
         self.mlp = MLP(config)
-        self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp_norm = make_norm(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, mask, is_causal, past=None, need_weights=False):
+    def forward(self, x, mask, is_causal, past=None, need_weights=False, rope=None):
         if self.pre_norm:  # GPT-2: x + f(LN(x))
-            a, kv, probs = self.attn(self.attn_norm(x), mask, is_causal, past, need_weights)
+            a, kv, probs = self.attn(self.attn_norm(x), mask, is_causal, past, need_weights, rope)
             x = x + self.dropout(a)
             x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         else:  # BERT / original Transformer: LN(x + f(x))
-            a, kv, probs = self.attn(x, mask, is_causal, past, need_weights)
+            a, kv, probs = self.attn(x, mask, is_causal, past, need_weights, rope)
             x = self.attn_norm(x + self.dropout(a))
             x = self.mlp_norm(x + self.dropout(self.mlp(x)))
         return x, kv, probs
@@ -250,11 +343,9 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
-        self.final_norm = (
-            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_placement == "pre" else None
-        )
-        pooler = not config.causal if pooler is None else pooler
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+        self.final_norm = make_norm(config) if config.norm_placement == "pre" else None
+        pooler = not config.causal and not config.head_transform if pooler is None else pooler
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
         self.apply(self._init_weights)
         if config.norm_placement == "pre":  # GPT-2: scale residual projections by 1/sqrt(2 * layers)
@@ -276,16 +367,31 @@ class Transformer(nn.Module):
     ) -> ModelOutput:
         self._check_inputs(input_ids, token_type_ids, past_key_values)
         batch, length = input_ids.shape
+        cfg = self.config
         past_len = past_key_values[0][0].size(2) if past_key_values else 0
         position_ids = torch.arange(past_len, past_len + length, device=input_ids.device)
+        if cfg.positions_skip_padding:  # RoBERTa: padding gets pad_token_id, real tokens count on from it
+            real = input_ids.ne(cfg.pad_token_id)
+            position_ids = (real.cumsum(dim=1) + past_len) * real + cfg.pad_token_id
         x = self.embeddings(input_ids, token_type_ids, position_ids)
         mask, is_causal = self._attention_mask(attention_mask, batch, length, past_len, x.dtype, x.device)
+        rope = local_rope = local_mask = None
+        if cfg.position_embedding == "rotary":
+            rope = rotary_tables(position_ids, cfg.head_dim, cfg.rope_theta, x.dtype)
+            local_rope = rope
+            if cfg.local_rope_theta is not None and cfg.local_rope_theta != cfg.rope_theta:
+                local_rope = rotary_tables(position_ids, cfg.head_dim, cfg.local_rope_theta, x.dtype)
+        if cfg.local_attention:
+            local_mask = self._local_mask(attention_mask, length, x.dtype, x.device)
 
         new_cache: KVCache = []
         attentions = []
         for i, block in enumerate(self.blocks):
             past = past_key_values[i] if past_key_values else None
-            x, kv, probs = block(x, mask, is_causal, past, output_attentions)
+            if block.local:
+                x, kv, probs = block(x, local_mask, False, past, output_attentions, local_rope)
+            else:
+                x, kv, probs = block(x, mask, is_causal, past, output_attentions, rope)
             if use_cache:
                 new_cache.append(kv)
             if output_attentions:
@@ -306,6 +412,8 @@ class Transformer(nn.Module):
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         past_len = past_key_values[0][0].size(2) if past_key_values else 0
         total = past_len + input_ids.size(1)
+        if cfg.positions_skip_padding:  # positions start after pad_token_id
+            total += cfg.pad_token_id + 1
         if total > cfg.max_positions:
             raise ValueError(
                 f"sequence of {total} tokens is longer than the position table ({cfg.max_positions}); "
@@ -345,18 +453,46 @@ class Transformer(nn.Module):
         mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
         return mask.masked_fill(~allowed, torch.finfo(dtype).min), False
 
+    def _local_mask(self, attention_mask, length, dtype, device) -> torch.Tensor | None:
+        """Sliding-window mask of local layers: query i sees keys j with |i - j| <= local_attention // 2
+        (and not padding). None when the window covers the whole unpadded sequence."""
+        half = self.config.local_attention // 2
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if length - 1 <= half and not padded:
+            return None
+        positions = torch.arange(length, device=device)
+        allowed = ((positions[:, None] - positions[None, :]).abs() <= half)[None, None]
+        if padded:
+            allowed = allowed & attention_mask.bool()[:, None, None, :]
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+        return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+
 
 def init_weights(module: nn.Module, std: float) -> None:
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, std=std)
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
+    elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
         nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
 
 
 # ----------------------------------------------------------------------------- heads and task models
+
+
+class HeadTransform(nn.Module):
+    """dense -> activation -> norm: what ModernBERT's task heads apply before their output layer."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.bias)
+        self.act = _ACTIVATIONS[config.activation]
+        self.norm = make_norm(config)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.dense(h)))
 
 
 class MLMHead(nn.Module):
@@ -364,9 +500,9 @@ class MLMHead(nn.Module):
 
     def __init__(self, config: TransformerConfig, word_embeddings: nn.Embedding):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.bias)
         self.act = _ACTIVATIONS[config.activation]
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm = make_norm(config)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.decoder.weight = word_embeddings.weight
@@ -569,9 +705,10 @@ class SequenceClassifier(PretrainedModel):
         self.num_labels = num_labels
         self.lm_loss_weight = lm_loss_weight
         self.dropout = nn.Dropout(config.dropout)
+        self.head = HeadTransform(config) if config.head_transform and not config.causal else None
         # GPT-2's HF head has no bias; keep ours exportable
         self.classifier = nn.Linear(config.hidden_size, num_labels, bias=not config.causal)
-        self._init_heads(self.classifier)
+        self._init_heads(*(m for m in (self.head, self.classifier) if m is not None))
         if config.causal and lm_loss_weight:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
             self.lm_head.weight = self.transformer.embeddings.word.weight
@@ -593,6 +730,14 @@ class SequenceClassifier(PretrainedModel):
                 positions = torch.arange(h.size(1), device=h.device)
                 last = (positions * attention_mask.long()).argmax(dim=-1)
             features = h[torch.arange(h.size(0), device=h.device), last]
+        elif self.head is not None:  # ModernBERT: pool ([CLS] or the mean of real tokens), then transform
+            h = out.last_hidden_state
+            if self.config.classifier_pooling == "mean":
+                weights = torch.ones_like(h[..., 0]) if attention_mask is None else attention_mask.to(h.dtype)
+                h = (h * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True)
+            else:
+                h = h[:, 0]
+            features = self.head(h)
         else:
             features = out.pooler_output
         out.logits = self.classifier(self.dropout(features))
@@ -632,8 +777,9 @@ class SpanQA(PretrainedModel):
 
     def __init__(self, config: TransformerConfig):
         super().__init__(config)
+        self.head = HeadTransform(config) if config.head_transform else None
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
-        self._init_heads(self.qa_outputs)
+        self._init_heads(*(m for m in (self.head, self.qa_outputs) if m is not None))
 
     def forward(
         self,
@@ -645,7 +791,8 @@ class SpanQA(PretrainedModel):
         output_attentions: bool = False,
     ) -> ModelOutput:
         out = self.transformer(input_ids, attention_mask, token_type_ids, output_attentions=output_attentions)
-        start, end = self.qa_outputs(out.last_hidden_state).unbind(dim=-1)
+        h = out.last_hidden_state if self.head is None else self.head(out.last_hidden_state)
+        start, end = self.qa_outputs(h).unbind(dim=-1)
         out.start_logits, out.end_logits = start, end
         if start_positions is not None and end_positions is not None:
             # as in BERT: the mean of the start and end losses

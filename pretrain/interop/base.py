@@ -29,8 +29,8 @@ from ..model import (
 
 AnyModel = PretrainedModel | Transformer
 
-# (ours, theirs, how): theirs is one HF name, or a tuple of names for the reshapes that join several tensors
-Pair = tuple[str, Any, str]
+# (ours, theirs, how): theirs is one HF name, or a tuple of names joined into one tensor of ours (see How)
+Pair = tuple[str, Any, Any]
 
 
 # ----------------------------------------------------------------------------- heads
@@ -100,12 +100,43 @@ def build_model(config: TransformerConfig, head: str, **head_kwargs: Any) -> Any
 
 # ----------------------------------------------------------------------------- reshapes
 
-# how -> (ours from theirs, theirs from ours); theirs is a tensor, or a tuple of tensors for joined names
-RESHAPES: dict[str, tuple[Callable[[Any], torch.Tensor], Callable[[torch.Tensor, int], Any]]] = {
-    "copy": (lambda t: t, lambda w, n: w),
-    "qkv": (lambda ts: torch.cat(ts, dim=0), lambda w, n: w.chunk(n, dim=0)),  # separate Q, K, V <-> fused
-    "conv1d": (lambda t: t.t(), lambda w, n: w.t()),  # GPT-2's Conv1D stores (in, out)
-}
+# `how` of a pair: "copy"; "conv1d" (GPT-2's Conv1D stores (in, out): transpose); or ("cat", sizes): several HF
+# tensors (theirs is a tuple) joined on dim 0 into one of ours, e.g. separate Q/K/V into our fused QKV, and split
+# back into `sizes` rows on export.
+How = str | tuple[str, tuple[int, ...]]
+
+
+def joined(*sizes: int) -> How:
+    return ("cat", tuple(sizes))
+
+
+def ours_from_hf(theirs: Any, how: How) -> torch.Tensor:
+    if how == "copy":
+        return theirs
+    if how == "conv1d":
+        return theirs.t()
+    return torch.cat(theirs, dim=0)
+
+
+def hf_from_ours(ours: torch.Tensor, how: How) -> Any:
+    if how == "copy":
+        return ours
+    if how == "conv1d":
+        return ours.t()
+    return ours.split(list(how[1]), dim=0)
+
+
+def is_modern(config: TransformerConfig) -> bool:
+    """Uses a switch that neither BERT nor GPT-2 has (so it exports as ModernBERT or Llama)."""
+    return (
+        config.position_embedding == "rotary"
+        or config.norm == "rmsnorm"
+        or config.gated_mlp
+        or config.kv_heads != config.num_heads
+        or not config.bias
+        or bool(config.local_attention)
+        or config.head_transform
+    )
 
 
 # ----------------------------------------------------------------------------- adapters

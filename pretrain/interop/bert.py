@@ -8,16 +8,16 @@ import torch
 
 from ..model import BertPretraining, TransformerConfig
 from .activations import ACT_TO_HF, activation_from_hf
-from .base import Adapter, AnyModel, Pair, register_family
+from .base import Adapter, AnyModel, Pair, is_modern, joined, register_family
 
 
-def encoder_layer_pairs(ours: str, theirs: str) -> list[Pair]:
+def encoder_layer_pairs(ours: str, theirs: str, hidden_size: int) -> list[Pair]:
     """One BERT-layout encoder layer (BERT and RoBERTa share it)."""
     pairs: list[Pair] = []
     for p in ("weight", "bias"):
         qkv = tuple(f"{theirs}attention.self.{n}.{p}" for n in ("query", "key", "value"))
         pairs += [
-            (f"{ours}attn.qkv.{p}", qkv, "qkv"),
+            (f"{ours}attn.qkv.{p}", qkv, joined(hidden_size, hidden_size, hidden_size)),
             (f"{ours}attn.proj.{p}", f"{theirs}attention.output.dense.{p}", "copy"),
             (f"{ours}attn_norm.{p}", f"{theirs}attention.output.LayerNorm.{p}", "copy"),
             (f"{ours}mlp.fc.{p}", f"{theirs}intermediate.dense.{p}", "copy"),
@@ -41,7 +41,8 @@ class BertAdapter(Adapter):
     description = "BERT (BertModel, BertForPreTraining, BertForMaskedLM, ...)"
 
     def exports(self, config: TransformerConfig) -> bool:
-        return not config.causal
+        modern = is_modern(config) or config.norm_placement == "pre"
+        return not config.causal and not modern and not config.positions_skip_padding
 
     def config_to_hf(self, model: AnyModel) -> tuple[dict[str, Any], list[str]]:
         cfg = model.config
@@ -107,7 +108,7 @@ class BertAdapter(Adapter):
         if config.segment_vocab_size:
             pairs.append(("embeddings.segment.weight", "embeddings.token_type_embeddings.weight", "copy"))
         for i in range(config.num_layers):
-            pairs += encoder_layer_pairs(f"blocks.{i}.", f"encoder.layer.{i}.")
+            pairs += encoder_layer_pairs(f"blocks.{i}.", f"encoder.layer.{i}.", config.hidden_size)
         return pairs
 
     def head_pairs(self, model: AnyModel, head: str) -> list[Pair]:

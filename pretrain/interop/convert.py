@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..model import SequenceClassifier, Transformer, TransformerConfig
-from .base import FAMILIES, HEADS, RESHAPES, Adapter, AnyModel, build_model, family_of, head_name
+from .base import FAMILIES, HEADS, Adapter, AnyModel, build_model, family_of, head_name, hf_from_ours, ours_from_hf
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def hf_state_dict(model: AnyModel) -> dict[str, torch.Tensor]:
     for o, t, how in trunk + heads:
         if o not in ours:  # e.g. segment embeddings of a model without segments
             continue
-        converted = RESHAPES[how][1](ours[o], len(t) if isinstance(t, tuple) else 1)
+        converted = hf_from_ours(ours[o], how)
         if isinstance(t, tuple):
             out.update(zip(t, converted, strict=True))
         else:
@@ -135,7 +135,7 @@ def load_hf_state_dict(model: AnyModel, state: dict[str, torch.Tensor], source: 
         if not all(n in state for n in names):
             missing.append(o)
             continue
-        ours[o] = RESHAPES[how][0](tuple(state[n] for n in names) if isinstance(t, tuple) else state[t])
+        ours[o] = ours_from_hf(tuple(state[n] for n in names) if isinstance(t, tuple) else state[t], how)
     # the trunk (but an unused pooler) and a task's pretrained head must come from the checkpoint
     required_prefixes = HEADS[head_name(model)].required
     trunk_names = {o for o, _, _ in trunk}

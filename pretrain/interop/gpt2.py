@@ -7,7 +7,7 @@ from typing import Any
 
 from ..model import TransformerConfig
 from .activations import ACT_TO_HF, activation_from_hf
-from .base import Adapter, AnyModel, Pair, register_family
+from .base import Adapter, AnyModel, Pair, is_modern, register_family
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class GPT2Adapter(Adapter):
     description = "GPT-2 (GPT2Model, GPT2LMHeadModel, ...)"
 
     def exports(self, config: TransformerConfig) -> bool:
-        return config.causal
+        return config.causal and not is_modern(config)
 
     def config_to_hf(self, model: AnyModel) -> tuple[dict[str, Any], list[str]]:
         cfg = model.config
