@@ -88,3 +88,58 @@ def test_llama_greedy_generation_matches_hf_with_a_kv_cache_of_kv_heads():
     out = ours(prompt, use_cache=True)
     k, v = out.past_key_values[0]
     assert k.shape == v.shape == (2, 2, 5, 8)  # (batch, kv heads, length, head dim)
+
+
+ROBERTA = dict(
+    vocab_size=101,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=66,
+    type_vocab_size=1,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+    num_labels=3,
+)
+
+
+def compare_encoder(hf, ours, ids, mask, cls_name):
+    a, b = hf(input_ids=ids, attention_mask=mask), ours(input_ids=ids, attention_mask=mask)
+    if cls_name.endswith("Model"):
+        close(a.last_hidden_state, b.last_hidden_state, mask)
+    elif cls_name.endswith("MaskedLM"):
+        close(a.logits, b.prediction_logits, mask)
+    elif cls_name.endswith("SequenceClassification"):
+        close(a.logits, b.logits)
+    else:
+        close(a.start_logits, b.start_logits, mask)
+        close(a.end_logits, b.end_logits, mask)
+
+
+def roundtrip(hf, ours, ids, mask, cls_name, tmp_path):
+    save_hf(ours, tmp_path)
+    auto = transformers.AutoModelForMaskedLM if cls_name.endswith("MaskedLM") else None
+    auto = auto or {
+        "Model": AutoModel,
+        "SequenceClassification": AutoModelForSequenceClassification,
+        "QuestionAnswering": transformers.AutoModelForQuestionAnswering,
+    }[next(k for k in ("SequenceClassification", "QuestionAnswering", "Model") if cls_name.endswith(k))]
+    back = auto.from_pretrained(tmp_path).eval()
+    assert type(back).__name__ == cls_name
+    compare_encoder(back, ours, ids, mask, cls_name)
+
+
+@pytest.mark.parametrize(
+    "cls_name",
+    ["RobertaModel", "RobertaForMaskedLM", "RobertaForSequenceClassification", "RobertaForQuestionAnswering"],
+)
+def test_roberta_parity_both_ways(cls_name, tmp_path):
+    config = transformers.RobertaConfig(**{**ROBERTA, "num_labels": 2 if "Question" in cls_name else 3})
+    hf = randomise_norms(getattr(transformers, cls_name)(config)).eval()
+    ours = load_hf(hf).eval()
+    ids, mask = padded_batch()
+    ids = ids.masked_fill(mask == 0, 1).clamp(min=2).masked_fill(mask == 0, 1)  # RoBERTa pads with id 1
+    compare_encoder(hf, ours, ids, mask, cls_name)
+    roundtrip(hf, ours, ids, mask, cls_name, tmp_path)
