@@ -699,7 +699,7 @@ class SequenceClassifier(PretrainedModel):
     as an auxiliary objective (weight `lm_loss_weight`, 0.5 in the GPT paper). `num_labels=1` is regression."""
 
     def __init__(self, config: TransformerConfig, num_labels: int, lm_loss_weight: float = 0.0):
-        super().__init__(config, pooler=not config.causal)
+        super().__init__(config, pooler=not config.causal and not config.head_transform)
         if num_labels < 1:
             raise ValueError("num_labels must be >= 1 (1 = regression)")
         self.num_labels = num_labels

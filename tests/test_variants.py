@@ -118,14 +118,17 @@ def compare_encoder(hf, ours, ids, mask, cls_name):
         close(a.end_logits, b.end_logits, mask)
 
 
-def roundtrip(hf, ours, ids, mask, cls_name, tmp_path):
+AUTO_BY_SUFFIX = {
+    "MaskedLM": transformers.AutoModelForMaskedLM,
+    "SequenceClassification": AutoModelForSequenceClassification,
+    "QuestionAnswering": transformers.AutoModelForQuestionAnswering,
+}
+
+
+def roundtrip(ours, ids, mask, cls_name, tmp_path):
+    """Export ours, reload with the Auto class: the same class and the same outputs."""
     save_hf(ours, tmp_path)
-    auto = transformers.AutoModelForMaskedLM if cls_name.endswith("MaskedLM") else None
-    auto = auto or {
-        "Model": AutoModel,
-        "SequenceClassification": AutoModelForSequenceClassification,
-        "QuestionAnswering": transformers.AutoModelForQuestionAnswering,
-    }[next(k for k in ("SequenceClassification", "QuestionAnswering", "Model") if cls_name.endswith(k))]
+    auto = next((auto for suffix, auto in AUTO_BY_SUFFIX.items() if cls_name.endswith("For" + suffix)), AutoModel)
     back = auto.from_pretrained(tmp_path).eval()
     assert type(back).__name__ == cls_name
     compare_encoder(back, ours, ids, mask, cls_name)
@@ -142,4 +145,45 @@ def test_roberta_parity_both_ways(cls_name, tmp_path):
     ids, mask = padded_batch()
     ids = ids.masked_fill(mask == 0, 1).clamp(min=2).masked_fill(mask == 0, 1)  # RoBERTa pads with id 1
     compare_encoder(hf, ours, ids, mask, cls_name)
-    roundtrip(hf, ours, ids, mask, cls_name, tmp_path)
+    roundtrip(ours, ids, mask, cls_name, tmp_path)
+
+
+MODERNBERT = dict(
+    vocab_size=101,
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=64,
+    local_attention=4,  # each token sees 2 on each side: shorter than the sequence
+    global_attn_every_n_layers=2,
+    global_rope_theta=1000.0,
+    local_rope_theta=100.0,
+    pad_token_id=PAD,
+    bos_token_id=1,
+    eos_token_id=2,
+    cls_token_id=1,
+    sep_token_id=2,
+)
+
+
+@pytest.mark.parametrize(
+    "cls_name, pooling",
+    [
+        ("ModernBertModel", "cls"),
+        ("ModernBertForMaskedLM", "cls"),
+        ("ModernBertForSequenceClassification", "cls"),
+        ("ModernBertForSequenceClassification", "mean"),
+        ("ModernBertForQuestionAnswering", "cls"),
+    ],
+)
+def test_modernbert_parity_both_ways(cls_name, pooling, tmp_path):
+    labels = 2 if "Question" in cls_name else 3
+    config = transformers.ModernBertConfig(**MODERNBERT, num_labels=labels, classifier_pooling=pooling)
+    hf = randomise_norms(getattr(transformers, cls_name)(config)).eval()
+    ours = load_hf(hf).eval()
+    trunk = getattr(ours, "transformer", ours)
+    assert [block.local for block in trunk.blocks] == [False, True, False, True]
+    ids, mask = padded_batch()
+    compare_encoder(hf, ours, ids, mask, cls_name)
+    roundtrip(ours, ids, mask, cls_name, tmp_path)

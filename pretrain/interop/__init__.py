@@ -6,7 +6,7 @@ reshapes, as torchtitan's state_dict_adapter), one shared registry of heads (bas
 family-independent conversion (convert.py). A new family is one new module that registers its adapter.
 """
 
-from . import bert, gpt2, llama, roberta  # noqa: F401  (registers the families)
+from . import bert, gpt2, llama, modernbert, roberta  # noqa: F401  (registers the families)
 from .base import (
     FAMILIES,
     HEADS,
