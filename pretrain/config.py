@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    family: Literal["bert", "gpt"] = "bert"
+    family: Literal["bert", "gpt", "roberta", "modernbert", "llama"] = "bert"
     name: str = "custom"
     hidden_size: int = 128
     num_layers: int = 2
@@ -34,14 +34,32 @@ class ModelConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
-    position_embedding: Literal["learned", "sinusoidal"] = "learned"
+    position_embedding: Literal["learned", "sinusoidal", "rotary"] = "learned"
     norm_placement: Literal["post", "pre"] = "post"
-    activation: Literal["gelu", "gelu_tanh", "relu"] = "gelu"
+    activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = "gelu"
     tie_embeddings: bool = True
     init_std: float = 0.02
     nsp: bool = True  # BERT: train the next-sentence head too
     vocab_size: int | None = None  # None: follows the tokenizer; set, it must match it
     init: str | None = None  # start from weights: our checkpoint / export, or a HF directory or hub name
+    # modern switches (see TransformerConfig; the roberta / modernbert / llama presets set them)
+    num_kv_heads: int | None = None
+    rope_theta: float = 10000.0
+    local_rope_theta: float | None = None
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    bias: bool = True
+    gated_mlp: bool = False
+    embedding_norm: bool | None = None
+    local_attention: int = 0
+    global_attn_every_n_layers: int = 1
+    positions_skip_padding: bool = False
+    head_transform: bool = False
+    classifier_pooling: Literal["cls", "mean"] = "cls"
+
+    @property
+    def style(self) -> str:
+        """The pretraining objective and data layout: "bert" (masked LM) for encoders, "gpt" (causal LM)."""
+        return "gpt" if self.family in ("gpt", "llama") else "bert"
 
     def transformer_config(self, tokenizer: Any) -> TransformerConfig:
         vocab = len(tokenizer)
@@ -50,8 +68,13 @@ class ModelConfig:
                 f"model.vocab_size={self.vocab_size} does not match the tokenizer's vocabulary ({vocab}); "
                 "remove model.vocab_size (it follows the tokenizer) or use the matching tokenizer"
             )
+        if self.nsp and self.family in ("roberta", "modernbert"):
+            raise ConfigError(
+                f"model.nsp=true with model.family={self.family}: only BERT has a next-sentence head; "
+                "set model.nsp=false"
+            )
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TransformerConfig) if hasattr(self, f.name)}
-        gpt = self.family == "gpt"
+        gpt = self.style == "gpt"
         eos = tokenizer.eos_token_id if gpt else None
         return TransformerConfig(
             **{**values, "vocab_size": vocab},

@@ -42,12 +42,12 @@ def get_tokenizer(cfg: PretrainConfig, docs: Any, out: Path, is_main: bool, acce
         if is_main and not trained.exists():
             tmp = trained.with_name(trained.name + ".tmp")
             train_tokenizer(
-                iter(docs["text"]), cfg.model.family, cfg.data.vocab_size, cfg.data.lowercase
+                iter(docs["text"]), cfg.model.style, cfg.data.vocab_size, cfg.data.lowercase
             ).save_pretrained(str(tmp))
             tmp.rename(trained)
         accelerator.wait_for_everyone()
         tokenizer = load_tokenizer(str(trained))
-    check_family(tokenizer, cfg.model.family)
+    check_family(tokenizer, cfg.model.style)
     if is_main:
         tokenizer.save_pretrained(str(saved))
     return tokenizer
@@ -58,13 +58,13 @@ def trained_tokenizer_dir(cfg: PretrainConfig, docs: Any) -> Path:
     frequency ties in hash order, so training twice can give two vocabularies: the cache makes runs
     on the same data share one (and skips the work)."""
     key = hashlib.sha256(
-        json.dumps([docs._fingerprint, cfg.model.family, cfg.data.vocab_size, cfg.data.lowercase]).encode()
+        json.dumps([docs._fingerprint, cfg.model.style, cfg.data.vocab_size, cfg.data.lowercase]).encode()
     ).hexdigest()[:24]
     return cache_root(cfg.data) / "tokenizers" / key
 
 
 def build_pretraining_model(cfg: PretrainConfig, tokenizer: Any) -> torch.nn.Module:
-    head = ("pretraining" if cfg.model.nsp else "mlm") if cfg.model.family == "bert" else "causal_lm"
+    head = ("pretraining" if cfg.model.nsp else "mlm") if cfg.model.style == "bert" else "causal_lm"
     if cfg.model.init:
         model = load_pretrained(cfg.model.init, head=head)
         if model.config.vocab_size != len(tokenizer):
@@ -130,7 +130,7 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
     with accelerator.main_process_first():  # once: files are checked, read and cached (as Arrow) here
         docs = load_documents(cfg.data)
     tokenizer = get_tokenizer(cfg, docs, out, accelerator.is_main_process, accelerator)
-    family = cfg.model.family
+    family = cfg.model.style
     with accelerator.main_process_first():  # one process builds the cache, the others read it
         data = build_pretraining_data(cfg.data, tokenizer, family, cfg.seed, docs)
     set_seed(cfg.seed)

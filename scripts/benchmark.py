@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py                      # BERT-tiny shapes, 30,522 words, batch 16 x 128, fp32
     python scripts/benchmark.py --family gpt --hidden 256 --layers 4 --heads 4
+    python scripts/benchmark.py --family llama --heads 4   # also roberta, modernbert (MLM, no NSP)
 
 Both models get the same weights (imported with load_hf) and the same batches; steps alternate
 between them so machine noise hits both alike. Prints median step times and the ratio HF / ours
@@ -32,6 +33,39 @@ def build(args: argparse.Namespace):
             max_position_embeddings=512,
         )
         hf = transformers.BertForPreTraining(config)
+    elif args.family == "roberta":
+        config = transformers.RobertaConfig(
+            vocab_size=args.vocab,
+            hidden_size=args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.heads,
+            intermediate_size=4 * args.hidden,
+            max_position_embeddings=514,
+            type_vocab_size=1,
+        )
+        hf = transformers.RobertaForMaskedLM(config)
+    elif args.family == "modernbert":
+        config = transformers.ModernBertConfig(
+            vocab_size=args.vocab,
+            hidden_size=args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.heads,
+            intermediate_size=3 * args.hidden // 2,
+            local_attention=args.length // 2,  # local layers see half the sequence
+            pad_token_id=0,
+        )
+        hf = transformers.ModernBertForMaskedLM(config)
+    elif args.family == "llama":
+        config = transformers.LlamaConfig(
+            vocab_size=args.vocab,
+            hidden_size=args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.heads,
+            num_key_value_heads=max(args.heads // 2, 1),  # grouped-query attention
+            intermediate_size=8 * args.hidden // 3,
+            max_position_embeddings=1024,
+        )
+        hf = transformers.LlamaForCausalLM(config)
     else:
         config = transformers.GPT2Config(
             vocab_size=args.vocab,
@@ -47,11 +81,13 @@ def build(args: argparse.Namespace):
 
 def batch(args: argparse.Namespace, generator: torch.Generator) -> dict[str, torch.Tensor]:
     ids = torch.randint(5, args.vocab, (args.batch, args.length), generator=generator)
-    if args.family == "gpt":
+    if args.family in ("gpt", "llama"):
         return {"input_ids": ids, "labels": ids}
     labels = torch.full_like(ids, -100)
     chosen = torch.rand(ids.shape, generator=generator) < 0.15
     labels[chosen] = ids[chosen]
+    if args.family in ("roberta", "modernbert"):  # masked LM only
+        return {"input_ids": ids.masked_fill(chosen, 4), "attention_mask": torch.ones_like(ids), "labels": labels}
     return {
         "input_ids": ids.masked_fill(chosen, 4),
         "attention_mask": torch.ones_like(ids),
@@ -63,7 +99,7 @@ def batch(args: argparse.Namespace, generator: torch.Generator) -> dict[str, tor
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=["bert", "gpt"], default="bert")
+    parser.add_argument("--family", choices=["bert", "gpt", "roberta", "modernbert", "llama"], default="bert")
     parser.add_argument("--vocab", type=int, default=30522)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)

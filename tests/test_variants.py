@@ -1,12 +1,20 @@
 """RoBERTa, ModernBERT and Llama on the same core: parity with random-init `transformers` models both
 ways (1e-4 in fp32 at every unpadded position), Llama greedy generation with our KV cache."""
 
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import transformers
+import yaml
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig
 
-from pretrain import CausalLM, load_hf, save_hf
+from pretrain import BertPretraining, CausalLM, load_hf, save_hf
 
 ATOL = 1e-4
 PAD = 0
@@ -187,3 +195,94 @@ def test_modernbert_parity_both_ways(cls_name, pooling, tmp_path):
     ids, mask = padded_batch()
     compare_encoder(hf, ours, ids, mask, cls_name)
     roundtrip(ours, ids, mask, cls_name, tmp_path)
+
+
+# ----------------------------------------------------------------------------- presets, CLI, fine-tuning
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI_TINY = [
+    "model.hidden_size=32",
+    "model.ffn_size=64",
+    "data.max_length=64",
+    "data.vocab_size=800",
+    "train.eval_batches=5",
+    "train.tensorboard=false",
+    "train.plot=false",
+    "train.save_every=0",
+    "train.lr=3e-3",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "preset, steps, auto_name, loss_key",
+    [
+        ("llama-tiny", 80, "AutoModelForCausalLM", "eval_lm_loss"),
+        ("roberta-tiny", 30, "AutoModelForMaskedLM", "eval_mlm_loss"),
+        ("modernbert-tiny", 30, "AutoModelForMaskedLM", "eval_mlm_loss"),
+    ],
+)
+def test_tiny_preset_pretrains_through_the_cli_and_exports(tmp_path, preset, steps, auto_name, loss_key):
+    out = tmp_path / "run"
+    positions = 66 if preset.startswith("roberta") else 64  # RoBERTa's positions start past the pad id
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    args = [f"model={preset}", f"model.max_positions={positions}", f"train.max_steps={steps}"]
+    args += [f"train.eval_every={steps // 2}", f"train.output_dir={out}", f"data.cache_dir={tmp_path / 'cache'}"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pretrain", *args, *CLI_TINY], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_unigram_baseline" in r]
+    assert evals[-1][loss_key] < evals[0][loss_key], "held-out loss falls"
+    if preset.startswith("llama"):  # context already helps: below a unigram model of the corpus
+        assert evals[-1][loss_key] < evals[-1]["eval_unigram_baseline"]
+    hf, info = getattr(transformers, auto_name).from_pretrained(out / "export", output_loading_info=True)
+    expected = {"llama": "LlamaForCausalLM", "roberta": "RobertaForMaskedLM", "modernbert": "ModernBertForMaskedLM"}
+    assert type(hf).__name__ == expected[preset.split("-")[0]]
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+POSITIVE = ["a good film", "great acting and a fine story", "I loved it", "wonderful and warm", "good fun"]
+NEGATIVE = ["a bad film", "terrible acting and a dull story", "I hated it", "awful and cold", "bad and boring"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["modernbert", "llama"])
+def test_finetune_classification(tmp_path, family):
+    from finetune.config import FinetuneConfig, FinetuneDataConfig, FinetuneModelConfig
+    from finetune.run import run_finetune
+    from pretrain.config import ModelConfig, TrainConfig
+    from pretrain.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer((POSITIVE + NEGATIVE) * 20, "gpt" if family == "llama" else "bert", vocab_size=300)
+    preset = ModelConfig(**yaml.safe_load((ROOT / f"conf/model/{family}-tiny.yaml").read_text()))
+    preset.hidden_size, preset.ffn_size, preset.num_layers = 32, 64, 2
+    config = preset.transformer_config(tokenizer)
+    model = CausalLM(config) if family == "llama" else BertPretraining(config, nsp=False)
+    save_hf(model, tmp_path / "init", tokenizer=tokenizer)
+    rng = random.Random(0)
+    rows = [(rng.choice(POSITIVE), 1) if i % 2 else (rng.choice(NEGATIVE), 0) for i in range(160)]
+    for name, part in (("train.tsv", rows[:120]), ("dev.tsv", rows[120:])):
+        (tmp_path / name).write_text("sentence\tlabel\n" + "".join(f"{s}\t{label}\n" for s, label in part))
+    cfg = FinetuneConfig(
+        task="classification",
+        model=FinetuneModelConfig(init=str(tmp_path / "init")),
+        data=FinetuneDataConfig(train=str(tmp_path / "train.tsv"), validation=str(tmp_path / "dev.tsv"), max_length=32),
+        train=TrainConfig(
+            max_steps=40,
+            batch_size=16,
+            lr=3e-3,
+            warmup_steps=5,
+            save_every=0,
+            eval_every=0,
+            log_every=5,
+            output_dir=str(tmp_path / "out"),
+            tensorboard=False,
+            plot=False,
+        ),
+    )
+    assert run_finetune(cfg)["accuracy"] > 0.9
+    arch = {"llama": "LlamaForSequenceClassification", "modernbert": "ModernBertForSequenceClassification"}[family]
+    exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "export")
+    assert type(exported).__name__ == arch
