@@ -215,10 +215,8 @@ def test_missing_pretraining_head_is_an_error_and_finetuning_head_is_reported(tm
 def test_unsupported_inputs(tmp_path):
     with pytest.raises(ValueError, match="unsupported architecture"):
         load_hf(
-            transformers.RobertaModel(
-                transformers.RobertaConfig(
-                    vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37
-                )
+            transformers.DistilBertModel(
+                transformers.DistilBertConfig(vocab_size=50, dim=32, n_layers=1, n_heads=4, hidden_dim=37)
             )
         )
     with pytest.raises(ValueError, match="cannot export.*position_embedding='sinusoidal'"):
