@@ -286,3 +286,42 @@ def test_finetune_classification(tmp_path, family):
     arch = {"llama": "LlamaForSequenceClassification", "modernbert": "ModernBertForSequenceClassification"}[family]
     exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "export")
     assert type(exported).__name__ == arch
+
+
+def test_modern_switches_have_clear_errors(tmp_path):
+    from conftest import tiny_config
+
+    from pretrain.config import ConfigError, ModelConfig
+
+    with pytest.raises(ValueError, match="num_kv_heads \\(3\\) must divide num_heads \\(4\\)"):
+        tiny_config(num_kv_heads=3)
+    with pytest.raises(ValueError, match="local_attention must be an even window"):
+        tiny_config(local_attention=5)
+    with pytest.raises(ValueError, match="cannot export to Hugging Face ModernBertForMaskedLM.*'learned'"):
+        save_hf(BertPretraining(tiny_config(norm_placement="pre"), nsp=False), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError, match="only BERT has a next-sentence head"):
+        ModelConfig(family="roberta", nsp=True).transformer_config(list(range(10)))
+
+
+def test_grouped_query_attention_returns_attention_maps_and_rotary_cache_matches_full_pass():
+    from conftest import tiny_config
+
+    model = CausalLM(
+        tiny_config(
+            causal=True,
+            position_embedding="rotary",
+            norm="rmsnorm",
+            gated_mlp=True,
+            activation="silu",
+            bias=False,
+            num_kv_heads=2,
+        )
+    ).eval()
+    ids = torch.randint(0, 101, (2, 10))
+    out = model(ids, output_attentions=True)
+    assert out.attentions[0].shape == (2, 4, 10, 10)
+    with torch.no_grad():
+        cached = model(ids[:, :6], use_cache=True)
+        step = model(ids[:, 6:], past_key_values=cached.past_key_values)
+        torch.testing.assert_close(step.logits, model(ids).logits[:, 6:], rtol=0, atol=1e-5)
