@@ -56,6 +56,9 @@ class LlamaAdapter(Adapter):
             "mlp_bias": cfg.bias,
             "attention_dropout": cfg.attention_dropout,
             "tie_word_embeddings": cfg.tie_embeddings,
+            # explicit, so HF's defaults (1 and 2) are not written for a model without them
+            "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": cfg.eos_token_id,
         }
         return hf, problems
 

@@ -80,11 +80,12 @@ class ModernBertAdapter(Adapter):
                 SLIDING: {"rope_type": "default", "rope_theta": local_theta},
             },
             "tie_word_embeddings": cfg.tie_embeddings,
+            # explicit, so HF's defaults (ids of its own 50k vocabulary) are not written for a model without them
+            "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": cfg.eos_token_id,
+            "cls_token_id": cfg.bos_token_id,
+            "sep_token_id": cfg.eos_token_id,
         }
-        if cfg.bos_token_id is not None:
-            hf["cls_token_id"] = cfg.bos_token_id
-        if cfg.eos_token_id is not None:
-            hf["sep_token_id"] = cfg.eos_token_id
         return hf, problems
 
     def config_from_hf(self, hf: dict[str, Any]) -> TransformerConfig:

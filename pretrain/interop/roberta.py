@@ -28,6 +28,7 @@ class RobertaAdapter(BertAdapter):
     def config_to_hf(self, model: AnyModel) -> tuple[dict[str, Any], list[str]]:
         hf, problems = super().config_to_hf(model)
         hf["model_type"] = "roberta"
+        hf.update(bos_token_id=model.config.bos_token_id, eos_token_id=model.config.eos_token_id)  # not HF's 0, 2
         return hf, [p.replace("HF BERT", "HF RoBERTa") for p in problems]
 
     def config_from_hf(self, hf: dict[str, Any]) -> TransformerConfig:
