@@ -53,6 +53,10 @@ def build(args: argparse.Namespace):
             intermediate_size=3 * args.hidden // 2,
             local_attention=args.length // 2,  # local layers see half the sequence
             pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            cls_token_id=1,
+            sep_token_id=2,
         )
         hf = transformers.ModernBertForMaskedLM(config)
     elif args.family == "llama":
