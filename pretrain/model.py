@@ -162,7 +162,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
         cos, sin = cos[:, None], sin[:, None]
     half = x.size(-1) // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    return (x * cos + rotated * sin).to(x.dtype)  # tables may be fp32 under autocast
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
