@@ -59,6 +59,9 @@ def apply_fsdp(model: torch.nn.Module, precision: str) -> torch.nn.Module:
         if precision == "bf16"
         else MixedPrecisionPolicy()
     )
+    # a Block returns its (key, value) cache as views; nothing modifies them in place, so FSDP2's warning
+    # about in-place ops on views does not apply
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     blocks = [m for m in model.modules() if isinstance(m, Block)]
     for block in blocks:
         fully_shard(block, mp_policy=policy)
