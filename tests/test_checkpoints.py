@@ -67,6 +67,7 @@ def test_damaged_checkpoints_fall_back_to_the_previous_intact_one(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step-00000004"
 
 
+@pytest.mark.slow  # tiny in-process training runs
 def test_damaged_latest_checkpoint_resumes_from_the_previous_one(tmp_path, caplog):
     """Corrupt step 6 and tear the last line of metrics.jsonl: resume=auto warns twice, restarts from
     step 3 and ends equal to the first run (fp32, same seed)."""
@@ -88,6 +89,7 @@ def test_damaged_latest_checkpoint_resumes_from_the_previous_one(tmp_path, caplo
     assert all(torch.equal(weights[k], again[k]) for k in weights)
 
 
+@pytest.mark.slow  # tiny in-process training runs
 def test_refused_resume_names_working_values_and_leaves_the_run_alone(tmp_path):
     cfg = tiny_run(tmp_path, max_steps=3)
     run_pretraining(cfg)
@@ -104,6 +106,7 @@ def test_refused_resume_names_working_values_and_leaves_the_run_alone(tmp_path):
     assert step_dirs(out) == ["step-00000003"]
 
 
+@pytest.mark.slow  # tiny in-process training runs
 def test_changed_learning_rate_applies_from_the_resume_step(tmp_path, caplog):
     cfg = tiny_run(tmp_path, max_steps=4, save_every=2, eval_every=0, schedule="constant")
     run_pretraining(cfg)
@@ -140,6 +143,7 @@ def poison(monkeypatch, bad_calls):
     monkeypatch.setattr("pretrain.pretraining.train", train_with_nan)
 
 
+@pytest.mark.slow  # tiny in-process training runs
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeypatch):
     poison(monkeypatch, {2})
     cfg = tiny_run(tmp_path / "one", max_steps=3, save_every=3, eval_every=0)
@@ -159,6 +163,7 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeyp
     assert step_dirs(cfg.train.output_dir) == ["step-00000003"]  # step 6 was never saved
 
 
+@pytest.mark.slow  # tiny in-process training runs
 def test_sigterm_saves_at_the_step_boundary_and_the_same_command_resumes(tmp_path, monkeypatch):
     full = tiny_run(tmp_path / "full", eval_every=0)
     run_pretraining(full)
