@@ -199,3 +199,22 @@ def test_sigterm_saves_at_the_step_boundary_and_the_same_command_resumes(tmp_pat
     a = load_file(str(Path(full.train.output_dir) / "checkpoints/step-00000006/model.safetensors"))
     b = load_file(str(Path(cfg.train.output_dir) / "checkpoints/step-00000006/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_parallelism_and_working_batch_sizes(monkeypatch):
+    from pretrain.config import TrainConfig
+    from pretrain.train.distributed import resolve_parallelism
+    from pretrain.train.loop import working_batches
+
+    assert working_batches(32, 2) == (
+        "train.batch_size=16 train.grad_accum_steps=1 or train.batch_size=8 train.grad_accum_steps=2 or "
+        "train.batch_size=4 train.grad_accum_steps=4 or train.batch_size=2 train.grad_accum_steps=8"
+    )
+    assert working_batches(32, 3) == "none with 3 processes; use a process count that divides 32"
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert resolve_parallelism(TrainConfig(), 2) == "ddp"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --config_file fsdp.yaml` sets
+    assert resolve_parallelism(TrainConfig(), 2) == "fsdp"
+    assert resolve_parallelism(TrainConfig(), 1) == "single"
+    with pytest.raises(ConfigError, match="train.precision=fp16 is not supported with FSDP"):
+        resolve_parallelism(TrainConfig(precision="fp16"), 2)
