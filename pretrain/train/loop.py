@@ -69,7 +69,18 @@ def make_accelerator(cfg: TrainConfig) -> Any:
     together (gloo); Accelerate only forms that group when told to use the CPU."""
     from accelerate import Accelerator
 
-    return Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.precision)
+    accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.precision)
+    agree_on_output_dir(cfg, accelerator)
+    return accelerator
+
+
+def agree_on_output_dir(cfg: TrainConfig, accelerator: Any) -> None:
+    """Every process takes the main process's train.output_dir: the default run name is a timestamp,
+    which two processes started a second apart would compute differently."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        cfg.output_dir = broadcast_object_list([cfg.output_dir])[0]
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
