@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.checkpoint import load_pretrained, resolve_run_dir, save_model_dir
 from pretrain.config import ConfigError, to_dict
 from pretrain.tokenizer import load_tokenizer
-from pretrain.trainer import Task, make_accelerator, prepare_output_dir, train
+from pretrain.train import Task, make_accelerator, prepare_output_dir, train
+from pretrain.train.checkpoints import load_pretrained, resolve_run_dir, save_model_dir
 
 from . import classification as cls
 from . import qa

@@ -128,7 +128,11 @@ class TrainConfig:
     eval_batches: int | None = 20  # cap on evaluation batches (None: the whole split)
     log_every: int = 10
     output_dir: str = "runs/default"
-    resume: str | None = None  # "auto" (latest checkpoint in output_dir) or a checkpoint path
+    run_name: str | None = None  # names the run directory (runs/<model>/<run_name>); a stable one resumes
+    resume: str | None = "auto"  # "auto": the latest intact checkpoint in output_dir, if any; a checkpoint path;
+    # null: a fresh run that refuses a directory holding one
+    max_bad_steps: int = 5  # non-finite steps (skipped) in a row before the run stops
+    parallelism: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: FSDP2 under an accelerate FSDP config, else DDP
     tensorboard: bool = True
     wandb_project: str | None = None
     plot: bool = True  # loss curve PNG at the end
@@ -136,7 +140,7 @@ class TrainConfig:
     num_workers: int = 0  # speed only
 
     def validate(self) -> None:
-        positive = ("max_steps", "batch_size", "grad_accum_steps", "log_every", "keep_last")
+        positive = ("max_steps", "batch_size", "grad_accum_steps", "log_every", "keep_last", "max_bad_steps")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")

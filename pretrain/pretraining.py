@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_pretrained
 from .config import ConfigError, PretrainConfig, to_dict
 from .data import (
     IGNORE_INDEX,
@@ -24,7 +23,7 @@ from .data import (
 )
 from .interop import build_model
 from .tokenizer import check_family, load_tokenizer, train_tokenizer
-from .trainer import Task, make_accelerator, prepare_output_dir, train
+from .train import Task, load_pretrained, make_accelerator, prepare_output_dir, train
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +135,6 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
     set_seed(cfg.seed)
     model = build_pretraining_model(cfg, tokenizer)
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
         log.info(
             "%s: %.2fM parameters, %d training / %d evaluation examples, unigram baseline %.3f nats/token",
             cfg.model.name,

@@ -41,6 +41,10 @@ def tiny_run(tmp_path, family="bert", cache=None, **train):
     return PretrainConfig(model=model, data=data, train=TrainConfig(**settings), seed=0)
 
 
+def step_dirs(run_dir):
+    return sorted(p.name for p in (Path(run_dir) / "checkpoints").iterdir() if p.name.startswith("step-"))
+
+
 def losses(run_dir):
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
@@ -52,9 +56,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, family, monkeypatch):
     run_pretraining(full)
 
     killed = tiny_run(tmp_path / "killed", family)
-    import pretrain.trainer as trainer
+    import pretrain.train as training
 
-    real_train = trainer.train
+    real_train = training.train
     calls = {"n": 0}
 
     def train_then_die(task, *args, **kwargs):
@@ -73,7 +77,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, family, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_pretraining(killed)
     monkeypatch.setattr("pretrain.pretraining.train", real_train)
-    assert [p.name for p in (Path(killed.train.output_dir) / "checkpoints").iterdir()] == ["step-00000003"]
+    assert step_dirs(killed.train.output_dir) == ["step-00000003"]
 
     killed.train.resume = "auto"
     run_pretraining(killed)
@@ -100,19 +104,19 @@ def test_gradient_accumulation_normalises_per_token(tmp_path):
 def test_refuses_to_overwrite_an_existing_run(tmp_path):
     cfg = tiny_run(tmp_path, max_steps=3)
     run_pretraining(cfg)
-    before = sorted(p.name for p in (Path(cfg.train.output_dir) / "checkpoints").iterdir())
+    before = step_dirs(cfg.train.output_dir)
     with pytest.raises(ConfigError, match="already holds a run; pass train.resume=auto"):
-        run_pretraining(tiny_run(tmp_path, max_steps=3))
-    assert sorted(p.name for p in (Path(cfg.train.output_dir) / "checkpoints").iterdir()) == before
+        run_pretraining(tiny_run(tmp_path, max_steps=3, resume=None))
+    assert step_dirs(cfg.train.output_dir) == before
 
 
 def test_checkpoints_keep_the_last_k_and_ignore_partial_writes(tmp_path):
     cfg = tiny_run(tmp_path, max_steps=6, save_every=1, keep_last=2, eval_every=0)
     run_pretraining(cfg)
     checkpoints = Path(cfg.train.output_dir) / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000005", "step-00000006"]
+    assert step_dirs(cfg.train.output_dir) == ["step-00000005", "step-00000006"]
     (checkpoints / "step-00000007.tmp").mkdir()  # a crash mid-write
-    from pretrain.checkpoint import latest_checkpoint, load_pretrained
+    from pretrain.train.checkpoints import latest_checkpoint, load_pretrained
 
     assert latest_checkpoint(checkpoints).name == "step-00000006"
     model = load_pretrained(cfg.train.output_dir)  # a run directory: its latest checkpoint
@@ -197,7 +201,7 @@ def test_command_end_to_end(tmp_path, preset):
     if preset.startswith("gpt"):  # context already helps: below a unigram model of the corpus
         assert evals[-1][key] < evals[-1]["eval_unigram_baseline"]
     assert (out / "loss_curve.png").stat().st_size > 1000
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000060", "step-00000120"]
+    assert step_dirs(out) == ["step-00000060", "step-00000120"]
 
     import transformers
 

@@ -1,0 +1,60 @@
+"""The learning-rate schedule: a pure function of the step and the settings.
+
+No scheduler object holds state, so a run resumed with another `train.lr`, `train.schedule` or
+`train.warmup_steps` follows the new settings from its resume step (the change is logged), and a
+schedule that follows elapsed time instead of steps only has to change `learning_rate`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+
+from ..config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+# the settings that shape the schedule; saved with each checkpoint to report a change on resume
+SCHEDULE_KEYS = ("lr", "schedule", "warmup_steps", "max_steps", "min_lr_ratio")
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """Multiplier of train.lr for optimizer step `step` (0-based): linear warmup, then decay."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    decay = 1.0 - progress if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    return cfg.lr * lr_factor(cfg, step)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def schedule_settings(cfg: TrainConfig) -> dict[str, Any]:
+    return {key: getattr(cfg, key) for key in SCHEDULE_KEYS}
+
+
+def log_schedule_change(saved: dict[str, Any] | None, cfg: TrainConfig, step: int) -> list[str]:
+    """Names the schedule settings that differ from the checkpoint's; they apply from `step` on."""
+    if not saved:
+        return []
+    changed = [f"train.{k}: {saved[k]} -> {getattr(cfg, k)}" for k in SCHEDULE_KEYS if saved.get(k) != getattr(cfg, k)]
+    if changed:
+        log.warning(
+            "the schedule changed since the checkpoint (%s); it applies from step %d on (lr now %.3g)",
+            ", ".join(changed),
+            step,
+            learning_rate(cfg, step),
+        )
+    return changed

@@ -1,0 +1,220 @@
+"""The checkpoint manager's faults, each reproduced: lineage retention, damaged checkpoints, non-finite
+steps, refused resumes, torn logs, a changed schedule, and SIGTERM (save at the step boundary, exit)."""
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_pretraining import losses, step_dirs, tiny_run
+
+from pretrain.config import ConfigError
+from pretrain.pretraining import run_pretraining
+from pretrain.train import TrainingStopped
+from pretrain.train.checkpoints import CheckpointManager, latest_checkpoint, list_checkpoints, read_trainer_state
+
+
+def fake_manager(directory: Path, keep_last: int = 2) -> CheckpointManager:
+    return CheckpointManager(directory, keep_last, is_main=True, barrier=lambda: None)
+
+
+def fake_save(manager: CheckpointManager, step: int) -> Path:
+    def write_sharded(d: Path) -> None:
+        d.mkdir()
+        (d / "__0_0.distcp").write_bytes(os.urandom(64))
+
+    def write_main(d: Path) -> None:
+        torch.save({"step": step}, d / "trainer_state.pt")
+
+    return manager.save(step, write_sharded, write_main)
+
+
+def test_retention_follows_the_lineage_not_the_step_number(tmp_path):
+    manager = fake_manager(tmp_path, keep_last=2)
+    for step in (1, 2, 3):
+        fake_save(manager, step)
+    assert [p.name for p in manager.lineage()] == ["step-00000002", "step-00000003"]
+    assert not (tmp_path / "step-00000001").exists()
+    manager.accept(tmp_path / "step-00000002")  # resumed from step 2: step 3 is an abandoned branch
+    fake_save(manager, 3)  # the new branch's step 3 replaces the stale one
+    fake_save(manager, 4)
+    assert [p.name for p in manager.lineage()] == ["step-00000003", "step-00000004"]
+    manager.accept(tmp_path / "step-00000003")  # again, from 3: step 4 leaves the lineage, stays on disk
+    assert latest_checkpoint(tmp_path).name == "step-00000003" and (tmp_path / "step-00000004").exists()
+    fake_save(manager, 5)
+    # keep_last counts this lineage only: the stale, newer-numbered step 4 is neither kept nor loaded
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000003", "step-00000005"]
+
+
+def test_damaged_checkpoints_fall_back_to_the_previous_intact_one(tmp_path):
+    manager = fake_manager(tmp_path, keep_last=4)
+    for step in (1, 2, 3, 4):
+        fake_save(manager, step)
+    (tmp_path / "step-00000004" / "state" / "__0_0.distcp").write_bytes(os.urandom(64))  # same size, other bytes
+    (tmp_path / "step-00000003" / "trainer_state.pt").write_bytes(b"torn")  # another size
+    (tmp_path / "step-00000005.tmp").mkdir()  # a crash mid-write: never in the lineage
+    chosen, skipped = manager.find_intact()
+    assert chosen.name == "step-00000002"
+    assert skipped == [
+        "step-00000004: state/__0_0.distcp is corrupt (its sha256 differs from the one written)",
+        "step-00000003: trainer_state.pt has 4 bytes, " + skipped[1].split(", ")[1],
+    ]
+    (tmp_path / "index.json").write_text('{"lineage": ["step-0000')  # a torn index: step order instead
+    assert latest_checkpoint(tmp_path).name == "step-00000004"
+
+
+@pytest.mark.slow  # tiny in-process training runs
+def test_damaged_latest_checkpoint_resumes_from_the_previous_one(tmp_path, caplog):
+    """Corrupt step 6 and tear the last line of metrics.jsonl: resume=auto warns twice, restarts from
+    step 3 and ends equal to the first run (fp32, same seed)."""
+    cfg = tiny_run(tmp_path)
+    run_pretraining(cfg)
+    out = Path(cfg.train.output_dir)
+    first = losses(out)
+    weights = load_file(str(out / "checkpoints/step-00000006/model.safetensors"))
+    shard = next((out / "checkpoints/step-00000006/state").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 7, "lo')  # killed mid-write
+    with caplog.at_level(logging.WARNING):
+        run_pretraining(cfg)
+    assert "step-00000006: state/__0_0.distcp has" in caplog.text and "falling back" in caplog.text
+    assert "the last line is torn" in caplog.text
+    assert losses(out) == first
+    again = load_file(str(out / "checkpoints/step-00000006/model.safetensors"))
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+
+
+@pytest.mark.slow  # tiny in-process training runs
+def test_refused_resume_names_working_values_and_leaves_the_run_alone(tmp_path):
+    cfg = tiny_run(tmp_path, max_steps=3)
+    run_pretraining(cfg)
+    out = Path(cfg.train.output_dir)
+    config_before = (out / "config.json").read_text()
+    other = tiny_run(tmp_path, max_steps=6, batch_size=2)
+    with pytest.raises(ConfigError) as refused:
+        run_pretraining(other)
+    assert "global batch of 4 (1 processes x train.batch_size=4 x train.grad_accum_steps=1)" in str(refused.value)
+    assert "train.batch_size=4 train.grad_accum_steps=1 or train.batch_size=2 train.grad_accum_steps=2" in str(
+        refused.value
+    )
+    assert (out / "config.json").read_text() == config_before
+    assert step_dirs(out) == ["step-00000003"]
+
+
+@pytest.mark.slow  # tiny in-process training runs
+def test_changed_learning_rate_applies_from_the_resume_step(tmp_path, caplog):
+    cfg = tiny_run(tmp_path, max_steps=4, save_every=2, eval_every=0, schedule="constant")
+    run_pretraining(cfg)
+    resumed = tiny_run(tmp_path, max_steps=6, save_every=2, eval_every=0, schedule="constant", lr=5e-4)
+    with caplog.at_level(logging.WARNING):
+        run_pretraining(resumed)
+    assert "train.lr: 0.001 -> 0.0005" in caplog.text and "train.max_steps: 4 -> 6" in caplog.text
+    rows = [json.loads(line) for line in (Path(cfg.train.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    lr = {r["step"]: r["lr"] for r in rows if "lr" in r}
+    assert lr[4] == pytest.approx(1e-3) and lr[5] == lr[6] == pytest.approx(5e-4)
+    assert read_trainer_state(Path(cfg.train.output_dir) / "checkpoints/step-00000006")["schedule"]["lr"] == 5e-4
+
+
+def poison(monkeypatch, bad_calls):
+    """Forward calls (micro-batches, 1-based) in `bad_calls` return a NaN loss."""
+    import pretrain.train as training
+
+    real_train = training.train
+
+    def train_with_nan(task, *args, **kwargs):
+        forward, calls = task.model.forward, {"n": 0}
+
+        def nan_forward(*a, **k):
+            out = forward(*a, **k)
+            if task.model.training:
+                calls["n"] += 1
+                if calls["n"] in bad_calls:
+                    out.loss_terms = {n: (t * float("nan"), c) for n, (t, c) in out.loss_terms.items()}
+            return out
+
+        task.model.forward = nan_forward
+        return real_train(task, *args, **kwargs)
+
+    monkeypatch.setattr("pretrain.pretraining.train", train_with_nan)
+
+
+@pytest.mark.slow  # tiny in-process training runs
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeypatch):
+    poison(monkeypatch, {2})
+    cfg = tiny_run(tmp_path / "one", max_steps=3, save_every=3, eval_every=0)
+    run_pretraining(cfg)
+    rows = [json.loads(line) for line in (Path(cfg.train.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 3] and rows[-1]["skipped_steps"] == 1  # step 2: skipped, not logged
+    state = read_trainer_state(Path(cfg.train.output_dir) / "checkpoints/step-00000003")
+    assert state["skipped_steps"] == 1
+    weights = load_file(str(Path(cfg.train.output_dir) / "checkpoints/step-00000003/model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+    poison(monkeypatch, set(range(4, 100)))  # from step 4 on, every step
+    cfg = tiny_run(tmp_path / "two", max_steps=8, save_every=3, eval_every=0, max_bad_steps=2, log_every=4)
+    with pytest.raises(FloatingPointError, match="steps in a row up to step 6 had a non-finite loss"):
+        run_pretraining(cfg)
+    assert step_dirs(cfg.train.output_dir) == ["step-00000003"]  # step 6 was never saved
+
+
+@pytest.mark.slow  # tiny in-process training runs
+def test_sigterm_saves_at_the_step_boundary_and_the_same_command_resumes(tmp_path, monkeypatch):
+    full = tiny_run(tmp_path / "full", eval_every=0)
+    run_pretraining(full)
+
+    import pretrain.train as training
+
+    real_train = training.train
+
+    def train_then_sigterm(task, *args, **kwargs):
+        collate, calls = task.collate, {"n": 0}
+
+        def collate_then_signal(examples):
+            calls["n"] += 1
+            if calls["n"] == 5:  # while building step 5's batch: the scheduler's warning arrives
+                os.kill(os.getpid(), signal.SIGTERM)
+            return collate(examples)
+
+        task.collate = collate_then_signal
+        return real_train(task, *args, **kwargs)
+
+    cfg = tiny_run(tmp_path / "preempted", eval_every=0)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr("pretrain.pretraining.train", train_then_sigterm)
+    with pytest.raises(TrainingStopped) as stopped:
+        run_pretraining(cfg)
+    assert stopped.value.code == 0 and stopped.value.step == 5
+    assert step_dirs(cfg.train.output_dir) == ["step-00000003", "step-00000005"]
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # our handler is removed again
+
+    monkeypatch.setattr("pretrain.pretraining.train", real_train)
+    run_pretraining(cfg)  # the same command: resume=auto is the default
+    assert losses(cfg.train.output_dir) == losses(full.train.output_dir)
+    a = load_file(str(Path(full.train.output_dir) / "checkpoints/step-00000006/model.safetensors"))
+    b = load_file(str(Path(cfg.train.output_dir) / "checkpoints/step-00000006/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_parallelism_and_working_batch_sizes(monkeypatch):
+    from pretrain.config import TrainConfig
+    from pretrain.train.distributed import resolve_parallelism
+    from pretrain.train.loop import working_batches
+
+    assert working_batches(32, 2) == (
+        "train.batch_size=16 train.grad_accum_steps=1 or train.batch_size=8 train.grad_accum_steps=2 or "
+        "train.batch_size=4 train.grad_accum_steps=4 or train.batch_size=2 train.grad_accum_steps=8"
+    )
+    assert working_batches(32, 3) == "none with 3 processes; use a process count that divides 32"
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert resolve_parallelism(TrainConfig(), 2) == "ddp"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --config_file fsdp.yaml` sets
+    assert resolve_parallelism(TrainConfig(), 2) == "fsdp"
+    assert resolve_parallelism(TrainConfig(), 1) == "single"
+    with pytest.raises(ConfigError, match="train.precision=fp16 is not supported with FSDP"):
+        resolve_parallelism(TrainConfig(precision="fp16"), 2)
