@@ -41,7 +41,8 @@ from .corpus import corpus_bytes, corpus_stamp, cpu_count, iter_documents, split
 log = logging.getLogger(__name__)
 
 TOKENS_VERSION = "3"
-DOCS_PER_BLOCK = 1000  # documents tokenised together; the held-out split is drawn per block
+DOCS_PER_BLOCK = 1000  # documents tokenised together (fewer when they reach BYTES_PER_BLOCK)
+BYTES_PER_BLOCK = 4_000_000  # bounds the memory of one block whatever the size of the documents
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -258,17 +259,18 @@ def prepare_tokens(cfg: DataConfig, tokenizer: Any, family: str) -> Path:
 
 
 def _blocks(cfg: DataConfig) -> Iterator[tuple[list[str], list[str], int]]:
-    """(training texts, held-out texts, bytes) per block of DOCS_PER_BLOCK documents. Each block
-    holds out round(fraction x its size) documents, drawn with (data.seed, block); at least one in
-    all when the fraction is above 0."""
+    """(training texts, held-out texts, bytes) per block of documents. Each block holds out enough
+    documents that round(fraction x documents so far) are held out, drawn with (data.seed, block);
+    at least one in all when the fraction is above 0."""
     block: list[str] = []
     nbytes, held_out, n_docs, index = 0, 0, 0, 0
 
     def split(last: bool) -> tuple[list[str], list[str], int]:
         nonlocal held_out
-        n_val = int(round(len(block) * cfg.validation_fraction))
+        n_val = int(round(n_docs * cfg.validation_fraction)) - held_out
         if last and cfg.validation_fraction > 0 and held_out + n_val == 0:
             n_val = 1
+        n_val = max(0, min(len(block), n_val))
         if last and n_val > 0 and n_docs - held_out - n_val < 1:
             raise ValueError(
                 f"the corpus has only {n_docs} document(s): too few to hold out {cfg.validation_fraction:.0%} "
@@ -282,7 +284,7 @@ def _blocks(cfg: DataConfig) -> Iterator[tuple[list[str], list[str], int]]:
         block.append(doc.text)
         nbytes += doc.nbytes
         n_docs += 1
-        if len(block) == DOCS_PER_BLOCK:
+        if len(block) == DOCS_PER_BLOCK or nbytes >= BYTES_PER_BLOCK:
             yield split(False)
             block, nbytes, index = [], 0, index + 1
     if n_docs == 0:
