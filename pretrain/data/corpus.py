@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
-import io
+import itertools
 import json
 import logging
 import os
@@ -212,10 +212,7 @@ def json_rows(path: Path, column: str) -> Iterator[str]:
         for r in records:
             yield _column(r, column, path)
         return
-    for number, (line, _) in enumerate([first], 1):
-        if line.strip():
-            yield _column(_json_line(line, path, number), column, path)
-    for number, (line, _) in enumerate(lines, 2):
+    for number, (line, _) in enumerate(itertools.chain([first], lines), 1):
         if line.strip():
             yield _column(_json_line(line, path, number), column, path)
 
@@ -251,13 +248,12 @@ def hub_rows(source: HubSource) -> Iterator[str]:
     import datasets
 
     ds = datasets.load_dataset(source.name, source.config, split=source.split, streaming=True)
-    for number, row in enumerate(ds):
+    for row in ds:
         if source.text_column not in row:
             raise ConfigError(
                 f"the data {source.name} has no column {source.text_column!r} (columns: {sorted(row)}); "
                 "set data.text_column"
             )
-        del number
         yield row[source.text_column] or ""
 
 
@@ -421,10 +417,6 @@ def _window_sample(files: list[Path], total: int, budget_bytes: int, seed: int) 
                 lines = text.split("\n")[1:-1] if start > lo else text.split("\n")[:-1]  # whole lines only
                 yield from (line for line in lines if line.strip())
                 break
-
-
-def text_stream(lines: Iterable[str]) -> io.StringIO:  # pragma: no cover - kept for scripts
-    return io.StringIO("\n".join(lines))
 
 
 def cpu_count() -> int:
