@@ -135,12 +135,54 @@ def run_pretrain(args: list[str], watch_for: str | None = None) -> tuple[float, 
     return time.perf_counter() - start, peak, seen[0] if seen else None
 
 
+def loading_share(batch_size: int = 32) -> tuple[float, float, float]:
+    """BERT-tiny on the shipped sample: (ms to read a batch from the memory map, ms to collate and mask
+    it, ms of a training step on it)."""
+    import torch
+
+    from pretrain.config import DataConfig, ModelConfig
+    from pretrain.data import MLMCollator, build_pretraining_data, trained_tokenizer
+    from pretrain.hf_interop import build_model
+
+    cfg = DataConfig(vocab_size=4000, cache_dir=tempfile.mkdtemp(prefix="bench_loading_"))
+    tokenizer = trained_tokenizer(cfg, "bert")
+    data = build_pretraining_data(cfg, tokenizer, "bert")
+    collate = MLMCollator(tokenizer)
+    model = build_model(ModelConfig(name="bert-tiny").transformer_config(tokenizer), "pretraining")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    rng = random.Random(0)
+    read = mask = step = 0.0
+    n = 20
+    for k in range(n + 2):
+        indices = [rng.randrange(len(data.train)) for _ in range(batch_size)]
+        t0 = time.perf_counter()
+        examples = [{**data.train[i], "_seed": i} for i in indices]
+        t1 = time.perf_counter()
+        batch = collate(examples)
+        t2 = time.perf_counter()
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        t3 = time.perf_counter()
+        if k >= 2:  # warm-up steps excluded
+            read, mask, step = read + t1 - t0, mask + t2 - t1, step + t3 - t2
+    return 1000 * read / n, 1000 * mask / n, 1000 * step / n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=float, default=50.0)
     parser.add_argument("--model", default="gpt-tiny")
     parser.add_argument("--workdir", default=None, help="where the corpus, cache and run go (default: a temp dir)")
+    parser.add_argument("--loading", action="store_true", help="only: batch loading time against a BERT-tiny step")
     args = parser.parse_args()
+    if args.loading:
+        read, mask, step = loading_share()
+        print(
+            f"BERT-tiny, batch 32 x 128: reading from the memory map {read:.2f} ms ({read / step:.1%} of a step), "
+            f"collating and masking {mask:.2f} ms ({mask / step:.1%}), training step {step:.1f} ms"
+        )
+        return
     family = "gpt" if args.model.startswith("gpt") else "bert"
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_data_"))
     work.mkdir(parents=True, exist_ok=True)
