@@ -85,6 +85,20 @@ class ModelConfig:
         )
 
 
+DocumentLayout = Literal["auto", "blank_lines", "rows", "wikitext_articles", "sentence_rows"]
+
+
+@dataclass
+class HubSource:
+    """One `datasets` corpus of a mixture (data.hub_sources), e.g. Wikipedia and BookCorpus."""
+
+    name: str = ""
+    config: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    documents: DocumentLayout = "rows"  # how rows make documents (see DataConfig.documents)
+
+
 @dataclass
 class DataConfig:
     name: str = "sample"
@@ -103,8 +117,16 @@ class DataConfig:
     whole_word_mask: bool = False
     validation_fraction: float = 0.05  # of documents, held out
     max_documents: int | None = None  # use only the first N documents (quick experiments)
-    num_proc: int = 1  # speed only
+    num_proc: int | None = None  # speed only; None: all cores
     cache_dir: str | None = None  # speed only; default ~/.cache/pretrain
+    seed: int = 0  # the held-out split and BERT pairings; separate from the training seed
+    tokenizer_sample_mb: float = 20.0  # a trained tokenizer learns from this much of the corpus (reproducible)
+    dupe_factor: int = 1  # BERT: copies of the corpus, each with its own sentence pairings
+    # auto: blank lines separate documents in text files, one row is one document elsewhere;
+    # wikitext_articles: rows/lines are WikiText lines, articles start at ` = Title = `;
+    # sentence_rows: rows are sentences (BookCorpus), grouped into documents of 100
+    documents: DocumentLayout = "auto"
+    hub_sources: list[HubSource] = field(default_factory=list)  # format=hub: several corpora, interleaved
 
 
 @dataclass
@@ -160,7 +182,7 @@ class PretrainConfig:
     def validate(self) -> None:
         self.train.validate()
         if self.data.format == "sample" and self.data.paths:  # `data.paths=[...]` alone means those files
-            suffixes = {Path(p).suffix.lower() for p in self.data.paths}
+            suffixes = {Path(p.removesuffix(".gz")).suffix.lower() for p in self.data.paths}
             by_suffix = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
             formats = {by_suffix.get(s, "text") for s in suffixes}
             if len(formats) > 1:
@@ -174,10 +196,16 @@ class PretrainConfig:
             )
         if self.data.format in ("text", "json", "parquet") and not self.data.paths:
             raise ConfigError(f"data.format={self.data.format} needs files: data.paths=[file1,file2]")
-        if self.data.format == "hub" and not self.data.hub_name:
+        if self.data.format == "hub" and not (self.data.hub_name or self.data.hub_sources):
             raise ConfigError("data.format=hub needs data.hub_name (a `datasets` name such as wikitext)")
         if not 0 < self.data.mlm_probability < 1:
             raise ConfigError("data.mlm_probability must be in (0, 1)")
+        if self.data.dupe_factor < 1:
+            raise ConfigError(f"data.dupe_factor must be >= 1, got {self.data.dupe_factor}")
+        if self.data.tokenizer_sample_mb <= 0:
+            raise ConfigError(f"data.tokenizer_sample_mb must be > 0, got {self.data.tokenizer_sample_mb}")
+        if self.data.num_proc is not None and self.data.num_proc < 1:
+            raise ConfigError(f"data.num_proc must be >= 1 or null (all cores), got {self.data.num_proc}")
 
 
 def from_dict(cls: type, values: Any, where: str = "") -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -17,49 +16,31 @@ from .data import (
     MLMCollator,
     SeededExamples,
     build_pretraining_data,
-    cache_root,
     example_seed,
-    load_documents,
+    trained_tokenizer,
 )
 from .interop import build_model
-from .tokenizer import check_family, load_tokenizer, train_tokenizer
+from .tokenizer import check_family, load_tokenizer
 from .train import Task, load_pretrained, make_accelerator, prepare_output_dir, train
 
 log = logging.getLogger(__name__)
 
 
-def get_tokenizer(cfg: PretrainConfig, docs: Any, out: Path, is_main: bool, accelerator: Any) -> Any:
+def get_tokenizer(cfg: PretrainConfig, out: Path, is_main: bool, accelerator: Any) -> Any:
     """A resumed run reuses the tokenizer saved in its output directory; otherwise load the given one
-    or train one on the corpus (main process first, the others then load it)."""
+    or train one on a sample of the corpus (main process first, the others then load it)."""
     saved = out / "tokenizer"
     if (saved / "tokenizer_config.json").exists() and cfg.train.resume is not None:
         return load_tokenizer(str(saved))
     if cfg.data.tokenizer:
         tokenizer = load_tokenizer(cfg.data.tokenizer)
     else:
-        trained = trained_tokenizer_dir(cfg, docs)
-        if is_main and not trained.exists():
-            tmp = trained.with_name(trained.name + ".tmp")
-            train_tokenizer(
-                iter(docs["text"]), cfg.model.style, cfg.data.vocab_size, cfg.data.lowercase
-            ).save_pretrained(str(tmp))
-            tmp.rename(trained)
-        accelerator.wait_for_everyone()
-        tokenizer = load_tokenizer(str(trained))
+        with accelerator.main_process_first():
+            tokenizer = trained_tokenizer(cfg.data, cfg.model.style)
     check_family(tokenizer, cfg.model.style)
     if is_main:
         tokenizer.save_pretrained(str(saved))
     return tokenizer
-
-
-def trained_tokenizer_dir(cfg: PretrainConfig, docs: Any) -> Path:
-    """Where the tokenizer trained for this corpus and these settings is cached. Trainers break
-    frequency ties in hash order, so training twice can give two vocabularies: the cache makes runs
-    on the same data share one (and skips the work)."""
-    key = hashlib.sha256(
-        json.dumps([docs._fingerprint, cfg.model.style, cfg.data.vocab_size, cfg.data.lowercase]).encode()
-    ).hexdigest()[:24]
-    return cache_root(cfg.data) / "tokenizers" / key
 
 
 def build_pretraining_model(cfg: PretrainConfig, tokenizer: Any) -> torch.nn.Module:
@@ -126,12 +107,10 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
     accelerator = make_accelerator(cfg.train)
     out = Path(cfg.train.output_dir)
     prepare_output_dir(cfg.train)  # fail before any work if the directory holds another run
-    with accelerator.main_process_first():  # once: files are checked, read and cached (as Arrow) here
-        docs = load_documents(cfg.data)
-    tokenizer = get_tokenizer(cfg, docs, out, accelerator.is_main_process, accelerator)
+    tokenizer = get_tokenizer(cfg, out, accelerator.is_main_process, accelerator)
     family = cfg.model.style
-    with accelerator.main_process_first():  # one process builds the cache, the others read it
-        data = build_pretraining_data(cfg.data, tokenizer, family, cfg.seed, docs)
+    with accelerator.main_process_first():  # one process prepares the shards, the others map them
+        data = build_pretraining_data(cfg.data, tokenizer, family, nsp=cfg.model.nsp)
     set_seed(cfg.seed)
     model = build_pretraining_model(cfg, tokenizer)
     if accelerator.is_main_process:

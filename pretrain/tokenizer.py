@@ -27,7 +27,11 @@ def train_tokenizer(texts: Iterable[str], family: str, vocab_size: int, lowercas
         tok.train_from_iterator(_batches(texts), trainer=trainer)
         from transformers import BertTokenizer
 
-        return BertTokenizer(vocab=tok.get_vocab(), do_lower_case=lowercase)
+        # the trainer numbers tokens of equal frequency in hash order; WordPiece segments by the set of
+        # tokens only, so a fixed order (specials first, then sorted) makes training reproducible
+        learned = sorted(set(tok.get_vocab()) - set(BERT_SPECIALS))
+        vocab = {t: i for i, t in enumerate(BERT_SPECIALS + learned)}
+        return BertTokenizer(vocab=vocab, do_lower_case=lowercase)
     if family == "gpt":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

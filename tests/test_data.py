@@ -1,23 +1,34 @@
-"""Data pipeline: masking statistics, NSP pairs, GPT packing, bad input."""
+"""Data pipeline: masking, BERT pairs (Google's rules, FULL-SENTENCES), GPT blocks from the shards equal
+to naive packing, corpus forms and hub layouts, UTF-8 errors, the cache (cheap check, concurrent preparers)."""
 
+import gzip
+import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from pretrain.config import DataConfig
+from pretrain.config import DataConfig, HubSource
 from pretrain.data import (
     BatchPlan,
     MLMCollator,
-    bert_pairs_from_document,
+    TokenSplit,
     build_pretraining_data,
     check_text_files,
+    document_pairs,
+    full_sentences,
+    iter_documents,
     load_documents,
     pack_blocks,
+    trained_tokenizer,
 )
 from pretrain.tokenizer import train_tokenizer
 
+ROOT = Path(__file__).resolve().parents[1]
 CORPUS = [
     "The cat sat on the mat.\nIt was warm there.\nThe dog watched from the door.",
     "Rain fell all day.\nThe river rose slowly.\nBy night the bridge was under water.\nNobody crossed.",
@@ -29,6 +40,17 @@ CORPUS = [
 @pytest.fixture(scope="module")
 def bert_tokenizer():
     return train_tokenizer(CORPUS, "bert", vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def gpt_tokenizer():
+    return train_tokenizer(CORPUS, "gpt", vocab_size=300)
+
+
+def text_corpus(tmp_path, repeat=3, name="c.txt"):
+    corpus = tmp_path / name
+    corpus.write_text("\n\n".join(CORPUS * repeat) + "\n")
+    return corpus
 
 
 def test_masking_statistics(bert_tokenizer):
@@ -90,91 +112,6 @@ def test_whole_word_masking_masks_all_pieces(bert_tokenizer):
                 assert chosen[i] == chosen[i - 1], "a word is masked whole or not at all"
 
 
-def _numbered_docs(n_docs=40, rng=None):
-    """Documents whose tokens are all distinct, so every segment can be traced to its source."""
-    rng = rng or random.Random(0)
-    docs, next_id = [], 10
-    for _ in range(n_docs):
-        doc = []
-        for _ in range(rng.randint(2, 12)):
-            length = rng.randint(3, 25)
-            doc.append(list(range(next_id, next_id + length)))
-            next_id += length
-        docs.append(doc)
-    return docs
-
-
-def test_nsp_pairs():
-    rng = random.Random(1)
-    docs = _numbered_docs(200, rng)
-    owner = {t: d for d, doc in enumerate(docs) for s in doc for t in s}
-    labels, max_length = [], 64
-    for d in range(len(docs)):
-        for a, b, is_random in bert_pairs_from_document(docs, d, max_length, 0.1, rng):
-            assert len(a) + len(b) + 3 <= max_length
-            assert a and b
-            labels.append(is_random)
-            a_docs, b_docs = {owner[t] for t in a}, {owner[t] for t in b}
-            assert a_docs == {d}
-            # each segment is a contiguous stretch of its document
-            assert a == list(range(a[0], a[0] + len(a)))
-            if is_random:
-                assert b_docs != {d}
-            else:
-                assert b_docs == {d} and b == list(range(b[0], b[0] + len(b)))
-                assert b[0] > a[-1], "in a true pair B follows A in the source"
-    assert len(labels) > 500
-    assert abs(sum(labels) / len(labels) - 0.5) < 0.05
-
-
-def test_segment_ids_and_special_tokens(tmp_path, bert_tokenizer):
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("\n\n".join(CORPUS * 3))
-    cfg = DataConfig(format="text", paths=[str(corpus)], max_length=32, cache_dir=str(tmp_path / "cache"))
-    data = build_pretraining_data(cfg, bert_tokenizer, "bert", seed=0)
-    for ex in data.train:
-        ids, seg = ex["input_ids"], ex["token_type_ids"]
-        assert len(ids) == len(seg) <= 32
-        assert ids[0] == bert_tokenizer.cls_token_id and ids[-1] == bert_tokenizer.sep_token_id
-        first_sep = ids.index(bert_tokenizer.sep_token_id)
-        assert seg == [0] * (first_sep + 1) + [1] * (len(ids) - first_sep - 1)
-
-
-def test_gpt_packing_keeps_every_token_once_in_order():
-    rng = random.Random(0)
-    docs = [[rng.randint(0, 50) for _ in range(rng.randint(1, 40))] + [99] for _ in range(50)]
-    blocks = pack_blocks(docs, 16)
-    flat = [t for d in docs for t in d]
-    assert [int(t) for b in blocks for t in b] == flat
-    assert all(len(b) == 16 for b in blocks[:-1]) and 0 < len(blocks[-1]) <= 16
-
-
-def test_gpt_pipeline_packs_the_corpus(tmp_path):
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("\n\n".join(CORPUS))
-    tok = train_tokenizer(CORPUS, "gpt", vocab_size=300)
-    cfg = DataConfig(
-        format="text", paths=[str(corpus)], max_length=16, validation_fraction=0.0, cache_dir=str(tmp_path / "cache")
-    )
-    data = build_pretraining_data(cfg, tok, "gpt", seed=0)
-    flat = [t for ex in data.train["input_ids"] for t in ex]
-    docs = load_documents(cfg)["text"]
-    expected = [t for d in docs for t in tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
-    assert flat == expected
-
-
-def test_second_run_uses_the_cache(tmp_path, bert_tokenizer, monkeypatch):
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("\n\n".join(CORPUS * 3))
-    cfg = DataConfig(format="text", paths=[str(corpus)], max_length=32, cache_dir=str(tmp_path / "cache"))
-    first = build_pretraining_data(cfg, bert_tokenizer, "bert", seed=0)
-    import pretrain.data as data_module
-
-    monkeypatch.setattr(data_module, "_bert_examples", None)  # would fail if called again
-    second = build_pretraining_data(cfg, bert_tokenizer, "bert", seed=0)
-    assert second.train["input_ids"] == first.train["input_ids"]
-
-
 def test_batch_plan_starts_anywhere():
     plan = BatchPlan(103, 10, seed=3)
     assert plan.batches_per_epoch == 10
@@ -184,30 +121,354 @@ def test_batch_plan_starts_anywhere():
     assert plan.batch(3)[1] != plan.batch(13)[1]  # a new epoch reshuffles
 
 
-def test_bad_files(tmp_path):
+# ----------------------------------------------------------------------------- BERT pairs
+
+
+def _numbered_docs(n_docs=40, rng=None, sentence_lengths=(3, 25)):
+    """Sentence bounds of documents laid back to back in one token array whose token i is i, so every
+    segment can be traced to its source document and sentences."""
+    rng = rng or random.Random(0)
+    docs, at = [], 0
+    for _ in range(n_docs):
+        bounds = [at]
+        for _ in range(rng.randint(2, 12)):
+            at += rng.randint(*sentence_lengths)
+            bounds.append(at)
+        docs.append(bounds)
+    return docs
+
+
+def _owner(docs):
+    return lambda t: next(d for d, b in enumerate(docs) if b[0] <= t < b[-1])
+
+
+def test_nsp_pairs_follow_googles_rules():
+    rng = random.Random(1)
+    docs = _numbered_docs(200, rng)
+    owner = _owner(docs)
+    labels, max_length = [], 64
+    for d, bounds in enumerate(docs):
+        for a0, a1, b0, b1, is_random in document_pairs(bounds, len(docs), d, docs.__getitem__, max_length, 0.1, rng):
+            assert 0 < a1 - a0 and 0 < b1 - b0 and (a1 - a0) + (b1 - b0) + 3 <= max_length
+            labels.append(is_random)
+            assert owner(a0) == owner(a1 - 1) == d  # A: a contiguous stretch of this document
+            assert owner(b0) == owner(b1 - 1)
+            if is_random:
+                assert owner(b0) != d, "a random B comes from another document"
+            else:
+                assert owner(b0) == d and b0 >= a1, "a true B follows A in the source"
+    assert len(labels) > 500
+    # half of the chunks of two or more sentences, and every one-sentence chunk, get a random B
+    assert 0.5 < sum(labels) / len(labels) < 0.7
+
+
+def test_a_one_sentence_chunk_always_gets_a_random_b():
+    # every sentence is at least the target length: every chunk holds one sentence
+    docs = _numbered_docs(50, random.Random(2), sentence_lengths=(70, 90))
+    rng = random.Random(0)
+    pairs = [p for d, b in enumerate(docs) for p in document_pairs(b, len(docs), d, docs.__getitem__, 64, 0.0, rng)]
+    assert len(pairs) > 100 and all(label == 1 for *_, label in pairs)
+    owner = _owner(docs)
+    assert all(owner(b0) != owner(a0) for a0, _, b0, _, _ in pairs)
+
+
+def test_unused_sentences_go_back():
+    """After a random B the chunk's unused sentences start the next chunk: A segments still cover
+    every sentence of a document in order (none skipped)."""
+    docs = _numbered_docs(100, random.Random(3))
+    rng = random.Random(5)
+    for d, bounds in enumerate(docs):
+        starts = set(bounds[:-1])
+        pairs = document_pairs(bounds, len(docs), d, docs.__getitem__, 512, 0.0, rng)  # long: nothing truncated
+        covered = sorted((a0, a1) for a0, a1, *_ in pairs) + sorted((b0, b1) for _, _, b0, b1, r in pairs if not r)
+        seen = sorted(covered)
+        assert seen[0][0] == bounds[0] and all(s in starts for s, _ in seen)
+        assert all(x[1] == y[0] for x, y in zip(seen, seen[1:], strict=False)), "no sentence skipped or reused"
+
+
+def test_full_sentences_without_nsp(tmp_path, bert_tokenizer):
+    cfg = DataConfig(format="text", paths=[str(text_corpus(tmp_path))], max_length=24, cache_dir=str(tmp_path / "c"))
+    data = build_pretraining_data(cfg, bert_tokenizer, "bert", nsp=False)
+    split = TokenSplit.open(data.tokens_dir / "train")
+    sentence_starts = {0, *split.sentence_ends.tolist()}
+    rows = list(full_sentences(split, 24))
+    assert all(r[2] == r[3] and r[4] == -1 for r in rows), "no B segment"
+    for ex in data.train.rows():
+        assert "next_sentence_label" not in ex and len(ex["input_ids"]) <= 24
+        assert ex["input_ids"][0] == bert_tokenizer.cls_token_id and ex["input_ids"][-1] == bert_tokenizer.sep_token_id
+        assert not ex["token_type_ids"].any()
+    # whole sentences, contiguous, filling: the next example starts where this one ended
+    assert all(r[0] in sentence_starts for r in rows)
+    assert all(x[1] == y[0] for x, y in zip(rows, rows[1:], strict=False))
+    lengths = [len(ex["input_ids"]) for ex in data.train.rows()]
+    assert np.mean(lengths) > 0.7 * 24
+
+
+def test_pairs_depend_on_data_seed_and_dupe_factor_copies_differ(tmp_path, bert_tokenizer):
+    corpus = str(text_corpus(tmp_path, repeat=6))
+
+    def pairs(seed, dupe=1, cache="c"):
+        cfg = DataConfig(
+            format="text", paths=[corpus], max_length=32, seed=seed, dupe_factor=dupe, cache_dir=str(tmp_path / cache)
+        )
+        return build_pretraining_data(cfg, bert_tokenizer, "bert").train.pairs.tolist()
+
+    assert pairs(0) == pairs(0, cache="other")  # a fixed data.seed gives the same pairs
+    assert pairs(0) != pairs(1)
+    two = pairs(0, dupe=2)
+    assert two[: len(pairs(0))] == pairs(0) and two[len(pairs(0)) :] != pairs(0)
+
+
+def test_segment_ids_and_special_tokens(tmp_path, bert_tokenizer):
+    cfg = DataConfig(format="text", paths=[str(text_corpus(tmp_path))], max_length=32, cache_dir=str(tmp_path / "c"))
+    data = build_pretraining_data(cfg, bert_tokenizer, "bert")
+    for ex in data.train.rows():
+        ids, seg = ex["input_ids"].tolist(), ex["token_type_ids"].tolist()
+        assert len(ids) == len(seg) <= 32
+        assert ids[0] == bert_tokenizer.cls_token_id and ids[-1] == bert_tokenizer.sep_token_id
+        first_sep = ids.index(bert_tokenizer.sep_token_id)
+        assert seg == [0] * (first_sep + 1) + [1] * (len(ids) - first_sep - 1)
+
+
+# ----------------------------------------------------------------------------- GPT blocks and statistics
+
+
+def test_gpt_blocks_from_the_shards_equal_naive_packing(tmp_path, gpt_tokenizer):
+    tok = gpt_tokenizer
+    cfg = DataConfig(
+        format="text",
+        paths=[str(text_corpus(tmp_path, 2))],
+        max_length=16,
+        validation_fraction=0.0,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    data = build_pretraining_data(cfg, tok, "gpt")
+    docs = [d["text"] for d in load_documents(cfg)]
+    naive = pack_blocks([tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for d in docs], 16)
+    assert len(data.train) == len(naive)
+    assert all(np.array_equal(data.train[i]["input_ids"], naive[i]) for i in range(len(naive)))
+    assert TokenSplit.open(data.tokens_dir / "train").tokens.dtype == np.uint16
+    # the unigram baseline from streamed counts equals the entropy of the token column
+    counts = np.bincount(np.concatenate(naive), minlength=len(tok)).astype(float)
+    p = counts[counts > 0] / counts.sum()
+    assert abs(data.unigram_entropy - float(-(p * np.log(p)).sum())) < 1e-9
+
+
+def test_held_out_documents_are_disjoint_and_follow_data_seed(tmp_path, gpt_tokenizer):
+    corpus = str(text_corpus(tmp_path, 20))
+
+    def split(seed, cache):
+        cfg = DataConfig(
+            format="text",
+            paths=[corpus],
+            max_length=16,
+            validation_fraction=0.1,
+            seed=seed,
+            cache_dir=str(tmp_path / cache),
+        )
+        data = build_pretraining_data(cfg, gpt_tokenizer, "gpt")
+        return [TokenSplit.open(data.tokens_dir / n) for n in ("train", "validation")]
+
+    train, val = split(0, "a")
+    assert val.num_documents == 40 and train.num_documents == 360
+    again = split(0, "b")[1]
+    other = split(1, "c")[1]
+    assert np.array_equal(again.tokens, val.tokens) and not np.array_equal(other.tokens, val.tokens)
+
+
+# ----------------------------------------------------------------------------- corpus forms and hub layouts
+
+
+def test_corpus_forms_give_the_same_documents(tmp_path):
+    docs = CORPUS[:4]
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "a.txt").write_text("\n\n".join(docs[:2]))
+    with gzip.open(tmp_path / "dir" / "b.txt.gz", "wt") as f:
+        f.write("\n\n".join(docs[2:]))
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("".join(json.dumps({"body": d}) + "\n" for d in docs))
+    array = tmp_path / "d.json"
+    array.write_text(json.dumps([{"body": d} for d in docs]))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": docs}), tmp_path / "d.parquet")
+
+    def texts(**kw):
+        return [d.text for d in iter_documents(DataConfig(**kw))]
+
+    assert texts(format="text", paths=[str(tmp_path / "dir")]) == docs
+    assert texts(format="text", paths=[str(tmp_path / "dir" / "*.txt*")]) == docs
+    assert texts(format="json", paths=[str(jsonl)], text_column="body") == docs
+    assert texts(format="json", paths=[str(array)], text_column="body") == docs
+    assert texts(format="parquet", paths=[str(tmp_path / "d.parquet")], text_column="body") == docs
+    with pytest.raises(ValueError, match="no column 'text'"):
+        texts(format="parquet", paths=[str(tmp_path / "d.parquet")])
+
+
+def _hub_dir(root, name, rows):
+    """A local directory laid out like a hub dataset: data files of rows with a `text` column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repo = root / name
+    (repo / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"text": rows}), repo / "data" / "train-00000-of-00001.parquet")
+    return str(repo)
+
+
+WIKITEXT_ROWS = [
+    "",
+    " = Valkyria Chronicles = \n",
+    "",
+    " Senjō no Valkyria is a game . It was released in 2011 .\n",
+    "",
+    " = = Gameplay = = \n",
+    "",
+    " The game plays in turns .\n",
+    "",
+    " = Tower Building = \n",
+    "",
+    " The Tower Building is a building .\n",
+    "",
+    " = = History = = \n",
+    " It was built in 1920 .\n",
+]
+
+
+def test_wikitext_articles_split_at_titles_not_lines(tmp_path):
+    repo = _hub_dir(tmp_path, "wikitext", WIKITEXT_ROWS)
+    docs = [d.text for d in iter_documents(DataConfig(format="hub", hub_name=repo, documents="wikitext_articles"))]
+    assert len(docs) == 2
+    assert docs[0].startswith("= Valkyria Chronicles =") and "= = Gameplay = =" in docs[0]
+    assert docs[1].startswith("= Tower Building =") and docs[1].endswith("built in 1920 .")
+
+
+def test_bookcorpus_sentences_and_the_wikipedia_bookcorpus_mix(tmp_path):
+    sentences = [f"sentence {i} of the book ." for i in range(250)]
+    books = _hub_dir(tmp_path, "bookcorpus", sentences)
+    wiki = _hub_dir(tmp_path, "wikipedia", [f"Article {i}.\n\nIts second paragraph." for i in range(5)])
+    docs = [d.text for d in iter_documents(DataConfig(format="hub", hub_name=books, documents="sentence_rows"))]
+    assert [len(d.split("\n")) for d in docs] == [100, 100, 50]
+    mixed = DataConfig(
+        format="hub",
+        hub_sources=[HubSource(name=wiki, documents="rows"), HubSource(name=books, documents="sentence_rows")],
+    )
+    docs = [d.text for d in iter_documents(mixed)]
+    assert [d[:7] for d in docs] == ["Article", "sentenc", "Article", "sentenc", "Article", "sentenc"] + ["Article"] * 2
+
+
+def test_presets_compose(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from pretrain.config import DataConfig, from_dict
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        for preset in ("sample", "text", "json", "parquet", "wikitext103", "bookcorpus", "wikipedia_bookcorpus"):
+            raw = OmegaConf.to_container(compose("pretrain", overrides=[f"data={preset}"]).data)
+            cfg = from_dict(DataConfig, raw, "data")
+            assert cfg.num_proc is None
+    assert [s.documents for s in cfg.hub_sources] == ["rows", "sentence_rows"]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_files(tmp_path, bert_tokenizer):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         check_text_files([tmp_path / "missing.txt"])
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     with pytest.raises(ValueError, match="is empty"):
         check_text_files([empty])
-    latin = tmp_path / "latin.txt"
-    latin.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
-    with pytest.raises(ValueError, match="not valid UTF-8 \\(byte 3\\)"):
-        check_text_files([latin])
     blank = tmp_path / "blank.txt"
     blank.write_text("\n\n   \n\n")
     with pytest.raises(ValueError, match="corpus is empty"):
-        load_documents(DataConfig(format="text", paths=[str(blank)]))
+        build_pretraining_data(
+            DataConfig(format="text", paths=[str(blank)], cache_dir=str(tmp_path)), bert_tokenizer, "bert"
+        )
     one = tmp_path / "one.txt"
     one.write_text("Just one document here.\n")
     with pytest.raises(ValueError, match="too few to hold out"):
         build_pretraining_data(
-            DataConfig(format="text", paths=[str(one)], cache_dir=str(tmp_path)),
-            train_tokenizer(["Just one document"], "bert", 100),
-            "bert",
-            0,
+            DataConfig(format="text", paths=[str(one)], cache_dir=str(tmp_path)), bert_tokenizer, "bert"
         )
+
+
+def test_utf8_error_names_the_file_and_offset_while_streaming(tmp_path, gpt_tokenizer):
+    good = "A good line of text.\n\n" * 5000
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(good.encode() + "caf\xe9 au lait\n".encode("latin-1"))
+    cfg = DataConfig(format="text", paths=[str(latin)], cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=f"latin.txt is not valid UTF-8 \\(byte {len(good) + 3}\\)"):
+        build_pretraining_data(cfg, gpt_tokenizer, "gpt")
+    assert not list((tmp_path / "c" / "tokens").glob("*/meta.json")), "nothing half-written is left as a cache"
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def test_relaunch_uses_the_cache_and_a_changed_file_is_prepared_again(tmp_path, bert_tokenizer, monkeypatch):
+    corpus = text_corpus(tmp_path)
+    cfg = DataConfig(format="text", paths=[str(corpus)], max_length=32, cache_dir=str(tmp_path / "cache"))
+    first = build_pretraining_data(cfg, bert_tokenizer, "bert")
+    import pretrain.data.shards as shards
+
+    real = shards._write_tokens
+    monkeypatch.setattr(shards, "_write_tokens", None)  # would fail if called again
+    second = build_pretraining_data(cfg, bert_tokenizer, "bert")
+    assert second.train.pairs.tolist() == first.train.pairs.tolist()
+    corpus.write_text(corpus.read_text().replace("cat", "fox"))
+    monkeypatch.setattr(shards, "_write_tokens", real)
+    assert build_pretraining_data(cfg, bert_tokenizer, "bert").tokens_dir != first.tokens_dir
+
+
+def test_two_processes_preparing_the_same_cache_at_once(tmp_path):
+    corpus = text_corpus(tmp_path, repeat=200)
+    script = (
+        "import sys, json; from pretrain.config import DataConfig; from pretrain.data import *;"
+        f"cfg = DataConfig(format='text', paths=[{str(corpus)!r}], vocab_size=300, cache_dir={str(tmp_path / 'c')!r});"
+        "tok = trained_tokenizer(cfg, 'gpt'); data = build_pretraining_data(cfg, tok, 'gpt');"
+        "print(json.dumps([str(data.tokens_dir), int(data.train.tokens.sum()), len(data.train)]))"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env) for _ in range(2)]
+    outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0] == outs[1]
+    assert sorted(p.name for p in (tmp_path / "c" / "tokens").iterdir()) == sorted(
+        [Path(outs[0][0]).name, Path(outs[0][0]).name + ".lock"]
+    ), "one complete entry, no temporary left"
+
+
+def test_the_trained_tokenizer_does_not_depend_on_the_cache_directory(tmp_path):
+    """Byte-level BPE training is deterministic on a fixed sample. (The WordPiece trainer of `tokenizers`
+    numbers `##` pieces in hash order, which breaks merge ties differently per process: a BERT
+    tokenizer is shared through the cache instead.)"""
+    corpus = str(text_corpus(tmp_path, 10))
+    for family in ("gpt",):
+        made = [
+            trained_tokenizer(
+                DataConfig(format="text", paths=[corpus], vocab_size=200, cache_dir=str(tmp_path / c)), family
+            ).backend_tokenizer.to_str()
+            for c in ("one", "two")
+        ]
+        assert made[0] == made[1]
+
+
+def test_tokenizer_sample_is_bounded_and_reproducible(tmp_path):
+    from pretrain.data.corpus import sample_texts
+
+    big = tmp_path / "big.txt"
+    big.write_text("".join(f"line {i} of a long corpus.\n" + ("\n" if i % 7 == 0 else "") for i in range(200_000)))
+    cfg = DataConfig(format="text", paths=[str(big)])
+    one = list(sample_texts(cfg, 1_000_000, seed=0))
+    assert one == list(sample_texts(cfg, 1_000_000, seed=0))
+    size = sum(len(t) + 1 for t in one)
+    assert 0.5e6 < size <= 1.05e6 < big.stat().st_size
+    numbers = [int(t.split()[1]) for t in one]
+    assert max(numbers) > 150_000, "the sample spreads over the whole corpus"
 
 
 def test_sample_corpus_ships_with_attribution():
@@ -218,12 +479,12 @@ def test_sample_corpus_ships_with_attribution():
 
 
 def test_documents_are_split_on_whitespace_only_lines_and_long_single_documents_are_chunked(tmp_path):
-    from pretrain.data import LINES_PER_PSEUDO_DOCUMENT, text_documents
+    from pretrain.data import LINES_PER_PSEUDO_DOCUMENT
 
     spaced = tmp_path / "spaced.txt"
     spaced.write_text(" = Title = \n \n First paragraph.\n Still first.\n \t\n Second paragraph.\n")
     one = tmp_path / "one.txt"
     one.write_text("".join(f"line {i}.\n" for i in range(2 * LINES_PER_PSEUDO_DOCUMENT + 5)))
-    docs = [d["text"] for d in text_documents([(str(spaced), 0, 0), (str(one), 0, 0)])]
+    docs = [d.text for d in iter_documents(DataConfig(format="text", paths=[str(spaced), str(one)]))]
     assert docs[:3] == [" = Title = ", " First paragraph.\n Still first.", " Second paragraph."]
     assert [len(d.split("\n")) for d in docs[3:]] == [LINES_PER_PSEUDO_DOCUMENT, LINES_PER_PSEUDO_DOCUMENT, 5]

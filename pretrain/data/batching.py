@@ -1,0 +1,77 @@
+"""Which examples make global batch k, for any k, with no iteration: resuming is index arithmetic."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def example_seed(seed: int, epoch: int, index: int) -> int:
+    """Masking of an example depends only on (seed, epoch, index): exact resume, and the same masks
+    whether a global batch runs in one process or several."""
+    return (seed * 1_000_003 + epoch * 2_147_483_647 + index) % (1 << 62)
+
+
+class BatchPlan:
+    """Which examples make up global batch k, for any k, with no iteration: epoch e is a permutation
+    seeded by (seed, e). Resuming at step k is index arithmetic, not a replay of the data."""
+
+    def __init__(self, num_examples: int, global_batch_size: int, seed: int, shuffle: bool = True):
+        if num_examples < global_batch_size:
+            raise ValueError(
+                f"only {num_examples} training examples for a global batch of {global_batch_size}; "
+                "use more data or a smaller train.batch_size"
+            )
+        self.num_examples, self.global_batch_size, self.seed, self.shuffle = (
+            num_examples,
+            global_batch_size,
+            seed,
+            shuffle,
+        )
+        self.batches_per_epoch = num_examples // global_batch_size  # the incomplete tail batch is dropped
+
+    def batch(self, k: int) -> tuple[int, list[int]]:
+        epoch, position = divmod(k, self.batches_per_epoch)
+        order = self._order(epoch)
+        return epoch, order[position * self.global_batch_size : (position + 1) * self.global_batch_size].tolist()
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_examples)
+        cached = getattr(self, "_cached", None)
+        if cached is None or cached[0] != epoch:
+            self._cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_examples))
+        return self._cached[1]
+
+
+class PlannedBatches(torch.utils.data.Sampler):
+    """Yields this process's share of global batches start, start+1, ... as (index, seed) pairs."""
+
+    def __init__(self, plan: BatchPlan, start: int, rank: int, world_size: int, seed: int):
+        self.plan, self.start, self.rank, self.world_size, self.seed = plan, start, rank, world_size, seed
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        k = self.start
+        per_process = self.plan.global_batch_size // self.world_size
+        while True:
+            epoch, indices = self.plan.batch(k)
+            mine = indices[self.rank * per_process : (self.rank + 1) * per_process]
+            yield [(i, example_seed(self.seed, epoch, i)) for i in mine]
+            k += 1
+
+
+class SeededExamples(torch.utils.data.Dataset):
+    """Looks up (index, seed) pairs and passes the seed on to the collator."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, seed = key
+        return {**self.dataset[int(index)], "_seed": seed}

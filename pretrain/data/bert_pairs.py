@@ -1,0 +1,208 @@
+"""BERT examples over prepared token shards, stored as token ranges (5 int64 per example).
+
+With next-sentence prediction the rules are Google's `create_pretraining_data.py`: per document a
+target length (shorter with `short_seq_prob`); sentences are gathered into a chunk until it reaches
+the target; A is a random-length head of the chunk; B is the rest of the chunk, or - half the time,
+and always when the chunk holds a single sentence - a run of sentences from another document, in
+which case the chunk's unused sentences go back to start the next chunk. The longer segment is
+trimmed at a random end until the pair fits. `data.dupe_factor` copies are drawn with different
+pairings (each copy its own random stream), so epochs over the copies do not repeat a pairing.
+
+Without NSP (`model.nsp=false`) the examples are RoBERTa's FULL-SENTENCES: whole sentences taken
+contiguously, across document boundaries (marked with [SEP]), filling `data.max_length`, with no B.
+
+Every segment is a contiguous range of the flat token array: an example is (a_start, a_end,
+b_start, b_end, label), label 1 meaning B is random (Hugging Face's convention), -1 no B at all.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import DataConfig
+from .shards import TokenSplit, cache_entry, cache_root, key_of
+
+PAIRS_VERSION = "1"
+NO_PAIR = -1
+
+
+def document_pairs(
+    bounds: list[int],
+    n_docs: int,
+    doc_index: int,
+    other_bounds: Any,
+    max_length: int,
+    short_seq_prob: float,
+    rng: random.Random,
+) -> list[tuple[int, int, int, int, int]]:
+    """Pairs of one document whose sentences span bounds[j]..bounds[j+1] in the token array.
+    `other_bounds(d)` gives another document's bounds (for random B segments)."""
+    max_tokens = max_length - 3  # [CLS] A [SEP] B [SEP]
+    target = max_tokens if rng.random() >= short_seq_prob else rng.randint(2, max_tokens)
+    n = len(bounds) - 1
+    pairs = []
+    first = 0  # the chunk's first sentence
+    i = 0
+    while i < n:
+        if i == n - 1 or bounds[i + 1] - bounds[first] >= target:
+            k = i - first + 1  # sentences in the chunk
+            a_sentences = rng.randint(1, k - 1) if k >= 2 else 1
+            a0, a1 = bounds[first], bounds[first + a_sentences]
+            if n_docs > 1 and (k == 1 or rng.random() < 0.5):
+                label = 1
+                other = rng.randrange(n_docs - 1)
+                other += other >= doc_index  # any document but this one
+                ob = other_bounds(other)
+                start = rng.randint(0, len(ob) - 2)
+                end = start + 1
+                while end < len(ob) - 1 and ob[end] - ob[start] < target - (a1 - a0):
+                    end += 1
+                b0, b1 = ob[start], ob[end]
+                i -= k - a_sentences  # the unused sentences start the next chunk
+            elif k == 1:  # a single document in the corpus: no random B to take
+                b0 = b1 = a1
+                label = 0
+            else:
+                label = 0
+                b0, b1 = a1, bounds[i + 1]
+            a0, a1, b0, b1 = _truncate_pair(a0, a1, b0, b1, max_tokens, rng)
+            if a1 > a0 and b1 > b0:
+                pairs.append((a0, a1, b0, b1, label))
+            first = i + 1
+        i += 1
+    return pairs
+
+
+def _truncate_pair(a0: int, a1: int, b0: int, b1: int, max_tokens: int, rng: random.Random) -> tuple[int, ...]:
+    """Google's truncate_seq_pair on ranges: trim the longer segment at a random end, one token at a time."""
+    while (a1 - a0) + (b1 - b0) > max_tokens:
+        if a1 - a0 > b1 - b0:
+            if rng.random() < 0.5:
+                a0 += 1
+            else:
+                a1 -= 1
+        elif rng.random() < 0.5:
+            b0 += 1
+        else:
+            b1 -= 1
+    return a0, a1, b0, b1
+
+
+def full_sentences(split: TokenSplit, max_length: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """RoBERTa's FULL-SENTENCES: whole sentences, contiguous across documents, up to max_length with
+    [CLS], [SEP] and one [SEP] per document boundary inside; a sentence longer than that is cut."""
+    budget = max_length - 2
+    start = end = -1
+    used = 0
+    for d in range(split.num_documents):
+        bounds = split.sentence_bounds(d)
+        for s0, s1 in zip(bounds[:-1], bounds[1:], strict=True):
+            crossing = 1 if start >= 0 and s0 == bounds[0] else 0  # a new document inside the example
+            if start >= 0 and used + crossing + (s1 - s0) > budget:
+                yield (start, end, end, end, NO_PAIR)
+                start, used, crossing = -1, 0, 0
+            if start < 0:
+                start = s0
+                if s1 - s0 > budget:
+                    yield (s0, s0 + budget, s0 + budget, s0 + budget, NO_PAIR)
+                    start = -1
+                    continue
+            used += crossing + (s1 - s0)
+            end = s1
+    if start >= 0:
+        yield (start, end, end, end, NO_PAIR)
+
+
+def build_pairs(split: TokenSplit, cfg: DataConfig, nsp: bool, copies: int, out: Path) -> int:
+    """Writes examples to out/pairs.bin in chunks (memory stays bounded); returns their number."""
+    n = 0
+    with open(out / "pairs.bin", "wb") as f:
+
+        def write(rows: list[tuple[int, ...]]) -> None:
+            nonlocal n
+            if rows:
+                f.write(np.asarray(rows, dtype=np.int64).tobytes())
+                n += len(rows)
+
+        if not nsp:
+            rows: list[tuple[int, ...]] = []
+            for row in full_sentences(split, cfg.max_length):
+                rows.append(row)
+                if len(rows) >= 100_000:
+                    write(rows)
+                    rows = []
+            write(rows)
+            return n
+        n_docs = split.num_documents
+        for copy in range(copies):
+            rng = random.Random(cfg.seed * 1_000_003 + copy)
+            rows = []
+            for d in range(n_docs):
+                rows.extend(
+                    document_pairs(
+                        split.sentence_bounds(d),
+                        n_docs,
+                        d,
+                        split.sentence_bounds,
+                        cfg.max_length,
+                        cfg.short_seq_prob,
+                        rng,
+                    )
+                )
+                if len(rows) >= 100_000:
+                    write(rows)
+                    rows = []
+            write(rows)
+    return n
+
+
+def prepare_pairs(cfg: DataConfig, tokens_dir: Path, name: str, nsp: bool) -> Path:
+    """The examples of split `name` of a prepared token directory, built if missing."""
+    copies = cfg.dupe_factor if name == "train" else 1
+    key = key_of(PAIRS_VERSION, tokens_dir.name, name, nsp, cfg.max_length, cfg.short_seq_prob, cfg.seed, copies)
+    path = cache_root(cfg) / "bert_pairs" / key
+    with cache_entry(path) as tmp:
+        if tmp is not None:
+            n = build_pairs(TokenSplit.open(tokens_dir / name), cfg, nsp, copies, tmp)
+            (tmp / "meta.json").write_text(json.dumps({"examples": n, "nsp": nsp, "copies": copies}))
+    return path
+
+
+class BertExamples:
+    """Indexable examples {input_ids, token_type_ids[, next_sentence_label]} read from the memory map."""
+
+    def __init__(self, split: TokenSplit, pairs_dir: Path, cls_id: int, sep_id: int):
+        self.tokens, self.doc_ends = split.tokens, split.doc_ends
+        file = pairs_dir / "pairs.bin"
+        self.pairs = (
+            np.memmap(file, dtype=np.int64, mode="r").reshape(-1, 5)
+            if file.stat().st_size
+            else np.zeros((0, 5), np.int64)
+        )
+        self.cls, self.sep = cls_id, sep_id
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        a0, a1, b0, b1, label = self.pairs[index].tolist()
+        a = np.array(self.tokens[a0:a1], dtype=np.int64)
+        if label == NO_PAIR:
+            inner = self.doc_ends[np.searchsorted(self.doc_ends, a0, "right") : np.searchsorted(self.doc_ends, a1)]
+            a = np.insert(a, (inner - a0).astype(np.int64), self.sep) if len(inner) else a
+            ids = np.concatenate([[self.cls], a, [self.sep]])
+            return {"input_ids": ids, "token_type_ids": np.zeros(len(ids), np.int64)}
+        b = np.array(self.tokens[b0:b1], dtype=np.int64)
+        ids = np.concatenate([[self.cls], a, [self.sep], b, [self.sep]])
+        token_types = np.zeros(len(ids), np.int64)
+        token_types[len(a) + 2 :] = 1
+        return {"input_ids": ids, "token_type_ids": token_types, "next_sentence_label": label}
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        return (self[i] for i in range(len(self)))

@@ -1,0 +1,88 @@
+"""Collators: pad a batch of examples and mask it (BERT) or label it (GPT). Masks depend only on each
+example's seed, so a resumed run, or one over more processes, masks exactly as the original."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def pad_to_tensor(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    length = max(len(s) for s in sequences)
+    out = torch.full((len(sequences), length), value, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out
+
+
+class MLMCollator:
+    """Pads a batch and masks it: `mlm_probability` of the non-special tokens (whole words with
+    `whole_word_mask`); of those 80% become [MASK], 10% a random token, 10% stay. Labels are -100
+    elsewhere. Each example is masked with its own generator (seed from `_seed`)."""
+
+    def __init__(self, tokenizer: Any, mlm_probability: float = 0.15, whole_word_mask: bool = False):
+        self.pad_id, self.mask_id = tokenizer.pad_token_id, tokenizer.mask_token_id
+        self.vocab_size = len(tokenizer)
+        self.mlm_probability = mlm_probability
+        self.special = torch.zeros(self.vocab_size, dtype=torch.bool)
+        self.special[list(tokenizer.all_special_ids)] = True
+        self.continuation = None
+        if whole_word_mask:
+            tokens = tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))
+            self.continuation = torch.tensor([t.startswith("##") for t in tokens])
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        input_ids = pad_to_tensor([e["input_ids"] for e in examples], self.pad_id)
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": (pad_to_tensor([e["input_ids"] for e in examples], -1) != -1).long(),
+        }
+        if "token_type_ids" in examples[0]:
+            batch["token_type_ids"] = pad_to_tensor([e["token_type_ids"] for e in examples], 0)
+        if "next_sentence_label" in examples[0]:
+            batch["next_sentence_label"] = torch.tensor([e["next_sentence_label"] for e in examples])
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        for row, example in enumerate(examples):
+            n = len(example["input_ids"])
+            ids, row_labels = self.mask(input_ids[row, :n], torch.Generator().manual_seed(example.get("_seed", row)))
+            input_ids[row, :n], labels[row, :n] = ids, row_labels
+        batch["labels"] = labels
+        return batch
+
+    def mask(self, ids: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        eligible = ~self.special[ids]
+        draw = torch.rand(ids.shape, generator=generator)
+        if self.continuation is None:
+            selected = eligible & (draw < self.mlm_probability)
+        else:  # choose words, then take all their pieces; a word is a start piece and its ## pieces
+            starts = eligible & ~self.continuation[ids]
+            word = torch.cumsum(starts.long(), 0) - 1
+            chosen_word = (draw < self.mlm_probability) & starts
+            selected = (
+                eligible & (word >= 0) & chosen_word[starts][word.clamp(min=0)] if starts.any() else eligible & False
+            )
+        labels = torch.where(selected, ids, IGNORE_INDEX)
+        how = torch.rand(ids.shape, generator=generator)
+        random_tokens = torch.randint(self.vocab_size, ids.shape, generator=generator)
+        ids = torch.where(selected & (how < 0.8), self.mask_id, ids)
+        ids = torch.where(selected & (how >= 0.8) & (how < 0.9), random_tokens, ids)
+        return ids, labels
+
+
+class CausalCollator:
+    """Stacks packed blocks; labels are the inputs (the loss shifts them). Pads only a short tail block."""
+
+    def __init__(self, tokenizer: Any):
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        seqs = [e["input_ids"] for e in examples]
+        input_ids = pad_to_tensor(seqs, self.pad_id)
+        batch = {"input_ids": input_ids, "labels": pad_to_tensor(seqs, IGNORE_INDEX)}
+        if len({len(s) for s in seqs}) > 1:
+            batch["attention_mask"] = (batch["labels"] != IGNORE_INDEX).long()
+        return batch
