@@ -4,6 +4,7 @@ multi-class or regression. BERT reads the pooled [CLS]; GPT reads the last token
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.config import ConfigError
+from pretrain.config import ConfigError, DataError
 from pretrain.data import pad_to_tensor
 
 from .config import FinetuneDataConfig
@@ -29,22 +30,41 @@ def read_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any
     if not file.is_file():
         raise FileNotFoundError(f"data file {file} does not exist; check data.train / data.validation")
     suffix = file.suffix.lower()
+    text = _read_text(file)
+    if not text.strip():
+        raise DataError(f"{file} is empty; check data.train / data.validation")
     if suffix in (".json", ".jsonl"):
-        text = file.read_text(encoding="utf-8-sig")
         try:
             rows = json.loads(text)
             rows = rows["data"] if isinstance(rows, dict) and "data" in rows else rows
+            rows = [rows] if isinstance(rows, dict) else rows  # a .jsonl file of one line
         except json.JSONDecodeError:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        return list(rows)
+            rows = []
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(
+                        f"{file}, line {number}: not valid JSON ({e.msg}); a .json file holds one list of objects, "
+                        "a .jsonl file one object per line"
+                    ) from None
+        if not isinstance(rows, list):
+            raise DataError(f"{file}: expected a list of objects (or one object per line), got {type(rows).__name__}")
+        for number, row in enumerate(rows, start=1):
+            if not isinstance(row, dict):
+                raise DataError(f"{file}, row {number}: expected an object with named fields, got {row!r:.60}")
+        return rows
     if suffix not in (".tsv", ".csv", ".txt"):
         raise ConfigError(f"{file}: unknown file type {suffix!r}; use .tsv, .csv, .json or .jsonl")
-    with file.open(encoding="utf-8-sig", newline="") as f:  # utf-8-sig: MRPC files start with a BOM
-        if suffix == ".csv":
-            reader = csv.reader(f)
-        else:  # GLUE TSVs contain bare quotes: no quoting
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        lines = [row for row in reader if row]
+    if suffix == ".csv":
+        reader = csv.reader(io.StringIO(text, newline=""))
+    else:  # GLUE TSVs contain bare quotes: no quoting
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    lines = [row for row in reader if row]
+    if columns is None and len(lines) < 2:
+        raise DataError(f"{file} has a header line but no rows; check data.train / data.validation")
     if columns is None:
         header, lines = lines[0], lines[1:]
     else:
@@ -52,9 +72,21 @@ def read_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any
     rows = []
     for number, values in enumerate(lines, start=2 if columns is None else 1):
         if len(values) != len(header):
-            raise ValueError(f"{file}, line {number}: {len(values)} fields where the header has {len(header)}")
+            raise DataError(
+                f"{file}, line {number}: {len(values)} fields where the header has {len(header)}"
+                + ("" if columns is None else " (data.columns)")
+                + "; fix the line (a .tsv separates fields by tabs)"
+            )
         rows.append(dict(zip(header, values, strict=True)))
     return rows
+
+
+def _read_text(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8-sig")  # utf-8-sig: MRPC files start with a BOM
+    except UnicodeDecodeError as e:
+        line = file.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{file}, line {line}: not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
 
 
 def exclude_rows(rows: list[dict[str, Any]], ids_file: str, id_columns: list[str] | None) -> list[dict[str, Any]]:
@@ -83,8 +115,10 @@ def load_split(cfg: FinetuneDataConfig, path: str | None, split: str) -> list[di
 
 
 def check_columns(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, where: str) -> None:
+    """Every row: the text column(s) hold non-empty text and the label column a label (a number for
+    regression); the error names the file, the row and the fix."""
     if not rows:
-        raise ValueError(f"{where} has no examples")
+        raise DataError(f"{where} has no examples")
     needed = [cfg.text_column, cfg.label_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
     missing = [c for c in needed if c not in rows[0]]
     if missing:
@@ -92,6 +126,31 @@ def check_columns(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, where: st
             missing[0], "data.text_pair_column"
         )
         raise ConfigError(f"{where} has no column {missing[0]!r} (columns: {list(rows[0])}); set {key}")
+    texts = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    for number, row in enumerate(rows, start=1):
+        at = f"{where}, row {number}"
+        for column in needed:
+            if column not in row:
+                raise DataError(f"{at} has no {column!r} field; every row needs {needed}")
+        for column in texts:
+            value = row[column]
+            if value is None or (isinstance(value, str) and not value.strip()):
+                state = "null" if value is None else "empty"
+                raise DataError(f"{at}: the text {column!r} is {state}; fix or drop the row")
+            if not isinstance(value, str):
+                raise DataError(f"{at}: the text {column!r} is {type(value).__name__} {value!r:.40}, not a string")
+        label = row[cfg.label_column]
+        if label is None or (isinstance(label, str) and not label.strip()):
+            raise DataError(f"{at}: the label {cfg.label_column!r} is missing; fix or drop the row")
+        if isinstance(label, (list, dict)):
+            raise DataError(f"{at}: the label {cfg.label_column!r} is a {type(label).__name__}, not one label")
+        if cfg.regression:
+            try:
+                value = float(label)
+            except (TypeError, ValueError):
+                raise DataError(f"{at}: the regression target {label!r} is not a number (data.regression)") from None
+            if value != value or value in (float("inf"), float("-inf")):
+                raise DataError(f"{at}: the regression target is {label!r}; it must be a finite number")
 
 
 def label_vocabulary(train_rows: list[dict[str, Any]], cfg: FinetuneDataConfig) -> list[str]:
@@ -110,11 +169,55 @@ def encode_labels(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, labels: l
     index = {name: i for i, name in enumerate(labels)}
     unseen = sorted({str(r[cfg.label_column]) for r in rows} - set(index))
     if unseen:
-        raise ValueError(
+        raise DataError(
             f"{where} has labels {unseen} that the training data does not have (labels: {labels}); "
             "fix the data or list every label in data.label_names"
         )
     return [index[str(r[cfg.label_column])] for r in rows]
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def load_classifier(init: str, num_labels: int, lm_loss_weight: float, labels: list[str], pad_token_id: int | None):
+    """A sequence classifier from model.init. A classifier checkpoint with the same number of labels
+    keeps its trained head; one with another number (an MNLI model moved to RTE) gets a fresh head,
+    logged; any other checkpoint gets a fresh head on its trunk. A GPT without a pad token gets the
+    tokenizer's, so its export classifies batches (GPT2ForSequenceClassification needs one)."""
+    from pretrain.checkpoint import load_pretrained
+    from pretrain.model import SequenceClassifier
+
+    model = load_pretrained(init)
+    if isinstance(model, SequenceClassifier):
+        if model.num_labels == num_labels:
+            log.info("model.init=%s: keeping its trained classifier (%d labels)", init, num_labels)
+            model.lm_loss_weight = lm_loss_weight
+            if model.config.causal and lm_loss_weight and not hasattr(model, "lm_head"):
+                model = _reheaded(model, num_labels, lm_loss_weight, keep_classifier=True)
+        else:
+            log.warning(
+                "model.init=%s has a classifier for %d labels; the data has %d: the classifier is re-initialised",
+                init,
+                model.num_labels,
+                num_labels,
+            )
+            model = _reheaded(model, num_labels, lm_loss_weight, keep_classifier=False)
+    else:
+        model = load_pretrained(init, head="classification", num_labels=num_labels, lm_loss_weight=lm_loss_weight)
+    if model.config.causal and model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id
+    model.id2label = dict(enumerate(labels))
+    return model
+
+
+def _reheaded(model: Any, num_labels: int, lm_loss_weight: float, keep_classifier: bool) -> Any:
+    from pretrain.interop import build_model
+
+    target = build_model(model.config, "classification", num_labels=num_labels, lm_loss_weight=lm_loss_weight)
+    target.transformer.load_state_dict(model.transformer.state_dict())
+    if keep_classifier:
+        target.classifier.load_state_dict(model.classifier.state_dict())
+    return target
 
 
 # ----------------------------------------------------------------------------- features

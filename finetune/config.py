@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from pretrain.config import ConfigError, TrainConfig
+from pretrain.config import ConfigError, TrainConfig, check_source, require
 
 
 @dataclass
@@ -71,6 +72,32 @@ class FinetuneConfig:
             raise ConfigError("data.paths takes [train] or [train, validation]")
         if not 0 <= d.holdout_fraction < 1:
             raise ConfigError("data.holdout_fraction must be in [0, 1)")
+        check_source("model.init", self.model.init, "checkpoint or directory")
+        if self.model.tokenizer:
+            check_source("model.tokenizer", self.model.tokenizer, "tokenizer directory")
+        require(self.model.lm_loss_weight >= 0, "model.lm_loss_weight", self.model.lm_loss_weight, "it must be >= 0")
+        if self.model.dropout is not None:
+            require(0 <= self.model.dropout < 1, "model.dropout", self.model.dropout, "it must be in [0, 1)", "or null")
+        require(d.max_length >= 8, "data.max_length", d.max_length, "it must be >= 8 tokens")
+        for name in ("doc_stride", "max_query_length", "max_answer_length", "n_best"):
+            require(getattr(d, name) >= 1, f"data.{name}", getattr(d, name), "it must be >= 1")
+        for name in ("max_train_examples", "max_eval_examples"):
+            if getattr(d, name) is not None:
+                require(getattr(d, name) >= 1, f"data.{name}", getattr(d, name), "it must be >= 1", "or null")
+        if d.label_names is not None and len(set(map(str, d.label_names))) != len(d.label_names):
+            raise ConfigError(f"data.label_names={d.label_names} lists a label twice; list each label once")
+        if d.regression and d.label_names:
+            raise ConfigError("data.label_names is for classification; remove it with data.regression=true")
+        if d.exclude_ids_file and not d.id_columns:
+            raise ConfigError("data.exclude_ids_file needs data.id_columns, e.g. ['#1 ID','#2 ID']")
+        for key, path in (
+            ("data.train", d.train),
+            ("data.validation", d.validation),
+            *((f"data.paths[{i}]", x) for i, x in enumerate(d.paths)),
+        ):
+            if path is not None and not Path(path).expanduser().is_file():
+                what = "a directory, not a file" if Path(path).expanduser().is_dir() else "does not exist"
+                raise ConfigError(f"{key}={path}: {what}; give a data file (.tsv, .csv, .json, .jsonl)")
         if self.task == "qa" and d.doc_stride >= d.max_length - d.max_query_length - 3:
             raise ConfigError(
                 f"data.doc_stride={d.doc_stride} leaves no room for new context in a window of data.max_length="

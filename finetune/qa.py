@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pretrain.config import DataError
 from pretrain.data import pad_to_tensor
 
 from .config import FinetuneDataConfig
@@ -30,29 +31,53 @@ class QAExample:
 
 
 def read_squad(path: str) -> list[QAExample]:
-    """The official SQuAD JSON layout: data -> paragraphs -> qas."""
+    """The official SQuAD JSON layout: data -> paragraphs -> qas, every field checked; an error names
+    the file and the path of the field (data[0].paragraphs[2].qas[1].id)."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"SQuAD file {file} does not exist; check data.train / data.validation")
+    layout = "{'data': [{'title': ..., 'paragraphs': [{'context': ..., 'qas': [{'id', 'question', 'answers'}]}]}]}"
     try:
-        articles = json.loads(file.read_text(encoding="utf-8"))["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{file} is not SQuAD JSON ({{'data': [{{'paragraphs': [...]}}]}}): {e}") from None
+        root = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{file}: not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{file} is not SQuAD JSON ({e.msg}, line {e.lineno}); it should look like {layout}") from None
+
+    def field(node: Any, key: str, where: str, kind: type | tuple[type, ...]) -> Any:
+        if not isinstance(node, dict) or key not in node:
+            missing = f"{where}.{key}".lstrip(".")
+            raise DataError(f"{file} is not SQuAD JSON: {missing} is missing; SQuAD files look like {layout}")
+        value = node[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise DataError(f"{file}: {where}.{key} is {type(value).__name__} {value!r:.40}, expected {names}")
+        return value
+
     examples = []
-    for article in articles:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                answers = [] if qa.get("is_impossible") else qa.get("answers", [])
-                examples.append(
-                    QAExample(
-                        id=qa["id"],
-                        title=article.get("title", ""),
-                        question=qa["question"],
-                        context=paragraph["context"],
-                        answers=[a["text"] for a in answers],
-                        answer_starts=[a["answer_start"] for a in answers],
-                    )
-                )
+    articles = field(root, "data", "", list)
+    for a, article in enumerate(articles):
+        title = article.get("title", "") if isinstance(article, dict) else ""
+        for p, paragraph in enumerate(field(article, "paragraphs", f"data[{a}]", list)):
+            where = f"data[{a}].paragraphs[{p}]"
+            context = field(paragraph, "context", where, str)
+            if not context.strip():
+                raise DataError(f"{file}: {where}.context is empty")
+            for q, qa in enumerate(field(paragraph, "qas", where, list)):
+                at = f"{where}.qas[{q}]"
+                qid = str(field(qa, "id", at, (str, int)))
+                question = field(qa, "question", at, str)
+                if not question.strip():
+                    raise DataError(f"{file}: {at}.question is empty")
+                impossible = qa.get("is_impossible", False)
+                answers = [] if impossible else field(qa, "answers", at, list)
+                texts, starts = [], []
+                for n, answer in enumerate(answers):
+                    texts.append(field(answer, "text", f"{at}.answers[{n}]", str))
+                    starts.append(field(answer, "answer_start", f"{at}.answers[{n}]", int))
+                examples.append(QAExample(qid, str(title), question, context, texts, starts))
+    if not examples:
+        raise DataError(f"{file} holds no questions; SQuAD files look like {layout}")
     return examples
 
 
@@ -78,10 +103,16 @@ def check_answers(examples: list[QAExample], where: str) -> tuple[list[QAExample
     for ex in examples:
         if ex.answers:
             start, text = ex.answer_starts[0], ex.answers[0]
-            if ex.context[start : start + len(text)] != text:
+            if start < 0 or not text or ex.context[start : start + len(text)] != text:
                 bad += 1
                 continue
         kept.append(ex)
+    answerable = sum(1 for ex in examples if ex.answers)
+    if answerable and bad == answerable:
+        raise DataError(
+            f"{where}: none of the {answerable} answers can be located: no answer_start points at its answer's "
+            "text in the context; answer_start must be the character offset of the answer in the context"
+        )
     if bad:
         log.warning(
             "%s: skipped %d of %d examples whose answer_start does not match the answer text", where, bad, len(examples)

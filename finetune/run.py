@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.config import ConfigError, to_dict
+from pretrain.config import ConfigError, check_output_dir, to_dict
 from pretrain.tokenizer import load_tokenizer
+from pretrain.tokenizer_identity import same_tokenizer, saved_tokenizer_dir
 from pretrain.train import Task, make_accelerator, prepare_output_dir, train
 from pretrain.train.checkpoints import load_pretrained, resolve_run_dir, save_model_dir
 
@@ -114,10 +115,17 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     from accelerate.utils import set_seed
 
     cfg.validate()
+    check_output_dir("train.output_dir", cfg.train.output_dir)
     prepare_output_dir(cfg.train)
     accelerator = make_accelerator(cfg.train)
     out = Path(cfg.train.output_dir)
     tokenizer = load_tokenizer(cfg.model.tokenizer) if cfg.model.tokenizer else find_tokenizer(cfg.model.init)
+    saved = saved_tokenizer_dir(cfg.model.init)
+    if cfg.model.tokenizer and saved is not None and not same_tokenizer(tokenizer, load_tokenizer(str(saved))):
+        raise ConfigError(
+            f"model.tokenizer={cfg.model.tokenizer} is not the tokenizer model.init={cfg.model.init} was trained with "
+            f"({saved}): their vocabularies differ in content; remove model.tokenizer to use the model's own"
+        )
     builder = _classification if cfg.task == "classification" else _qa
     set_seed(cfg.seed)
     task, final_eval, metric = builder(cfg, tokenizer, accelerator)
@@ -190,18 +198,16 @@ def _classification(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any):
     labels = cls.label_vocabulary(train_rows, d)
     num_labels = 1 if d.regression else len(labels)
 
-    model = load_pretrained(
-        cfg.model.init, head="classification", num_labels=num_labels, lm_loss_weight=cfg.model.lm_loss_weight
-    )
-    model.id2label = dict(enumerate(labels))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model = cls.load_classifier(cfg.model.init, num_labels, cfg.model.lm_loss_weight, labels, pad)
     causal = model.config.causal
     features = []
     for split, rows in (("train", train_rows), ("validation", val_rows)):
         enc = cls.encode_texts(tokenizer, rows, d, causal)
-        targets = cls.encode_labels(rows, d, labels, f"the {split} data")
+        where = {"train": train_file, "validation": validation_file}[split] or f"the {split} split"
+        targets = cls.encode_labels(rows, d, labels, where)
         features.append([{**{k: v[i] for k, v in enc.items()}, "labels": targets[i]} for i in range(len(rows))])
     train_features, val_features = features
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collate = cls.ClassificationCollator(pad, d.regression)
     batch_size = cfg.train.batch_size
 
@@ -261,7 +267,7 @@ def _qa(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any):
         train_examples, val_examples = _holdout(train_examples, d.holdout_fraction, cfg.seed, lambda x: x.title)
     else:
         raise ConfigError("no validation data: give data.validation=<file> or data.holdout_fraction=0.1")
-    train_examples, skipped = qa.check_answers(train_examples, "training data")
+    train_examples, skipped = qa.check_answers(train_examples, train_file or "the training split")
     if not d.version_2 and any(not ex.answers for ex in train_examples):
         raise ConfigError("the training data has unanswerable questions (SQuAD 2.0): set data.version_2=true")
     train_examples = _subset(train_examples, d.max_train_examples, cfg.seed)
@@ -284,7 +290,7 @@ def _qa(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any):
     def evaluate_all(m: Any, acc: Any) -> tuple[dict[str, float], dict[str, str]]:
         logits = predict(m, acc, val_features, collate, batch_size, spans_of)
         answers = qa.best_answers(val_examples, val_features, [x[0] for x in logits], [x[1] for x in logits], d)
-        return squad_scores(answers, golds), answers
+        return squad_scores(answers, golds, "2.0" if d.version_2 else "1.1"), answers
 
     evaluation = Evaluation(evaluate_all)
 

@@ -14,11 +14,50 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from .model import TransformerConfig
 
 
-class ConfigError(ValueError):
+class PretrainError(Exception):
+    """A bad input of the user's (a config value, a file, an argument), not a bug: the command-line
+    tools print its message on one line and exit with status 2; any other exception keeps its
+    traceback."""
+
+
+class ConfigError(PretrainError, ValueError):
     """A configuration value is wrong; the message names the key and the fix."""
+
+
+class DataError(PretrainError, ValueError):
+    """A data file is wrong; the message names the file (and the row) and the fix."""
+
+
+def require(ok: bool, key: str, value: Any, rule: str, fix: str = "") -> None:
+    """Raise a ConfigError naming `key`, its value, the rule it breaks and the fix, unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is out of range: {rule}{'; ' + fix if fix else ''}")
+
+
+def check_source(key: str, value: str, what: str = "directory") -> None:
+    """A name for a local directory or a Hugging Face hub name. A value that exists locally is local;
+    one that does not is refused when it cannot be a hub name (it looks like a path) or when the hub
+    is offline, and the message says which places were tried."""
+    import os
+
+    path = Path(value).expanduser()
+    if path.exists():
+        return
+    tried = f"tried the local path {path.resolve()} (it does not exist)"
+    parts = value.split("/")
+    hub_like = not value.startswith((".", "/", "~")) and len(parts) <= 2 and all(parts) and "\\" not in value
+    if not hub_like:
+        raise ConfigError(f"{key}={value}: no such {what}; {tried}; it is not a hub name (owner/name) either")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ConfigError(
+            f"{key}={value}: {tried} and it cannot be fetched from the Hugging Face hub as a model name "
+            "(HF_HUB_OFFLINE is set); give a local {what} or unset HF_HUB_OFFLINE".replace("{what}", what)
+        )
 
 
 @dataclass
@@ -60,6 +99,42 @@ class ModelConfig:
     def style(self) -> str:
         """The pretraining objective and data layout: "bert" (masked LM) for encoders, "gpt" (causal LM)."""
         return "gpt" if self.family in ("gpt", "llama") else "bert"
+
+    def validate(self, export: bool = False) -> None:
+        """Every model value checked before any data is prepared: the sizes and ranges, the
+        architecture as TransformerConfig checks it, and (export=True) that the Hugging Face export
+        at the end of the run can express it."""
+        for name in ("hidden_size", "num_layers", "num_heads", "ffn_size", "max_positions"):
+            require(getattr(self, name) > 0, f"model.{name}", getattr(self, name), "it must be > 0")
+        require(self.segment_vocab_size >= 0, "model.segment_vocab_size", self.segment_vocab_size, "it must be >= 0")
+        for name in ("dropout", "attention_dropout"):
+            require(0 <= getattr(self, name) < 1, f"model.{name}", getattr(self, name), "it must be in [0, 1)")
+        require(0 < self.layer_norm_eps < 1, "model.layer_norm_eps", self.layer_norm_eps, "it must be in (0, 1)")
+        require(0 < self.init_std < 1, "model.init_std", self.init_std, "it must be in (0, 1)")
+        if self.vocab_size is not None:
+            require(self.vocab_size > 0, "model.vocab_size", self.vocab_size, "it must be > 0", "or null")
+        config = self._structure(self.vocab_size or 8)
+        if export and not self.init:
+            from .interop import build_model, hf_config_dict
+
+            head = ("pretraining" if self.nsp else "mlm") if self.family == "bert" else "causal_lm"
+            with torch.device("meta"):  # no memory: only the structure is checked
+                model = build_model(config, head)
+            try:
+                hf_config_dict(model)
+            except ValueError as e:
+                raise ConfigError(
+                    f"train.export=true but {e} Set train.export=false (keep our checkpoint format), or change "
+                    "the model config"
+                ) from None
+
+    def _structure(self, vocab: int) -> TransformerConfig:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TransformerConfig) if hasattr(self, f.name)}
+        gpt = self.family == "gpt"
+        try:
+            return TransformerConfig(**{**values, "vocab_size": vocab}, causal=gpt)
+        except ValueError as e:  # TransformerConfig names the field: say it is a model.* key
+            raise ConfigError(f"{str(e).replace('model config: ', 'model.')}") from None
 
     def transformer_config(self, tokenizer: Any) -> TransformerConfig:
         vocab = len(tokenizer)
@@ -128,6 +203,33 @@ class DataConfig:
     documents: DocumentLayout = "auto"
     hub_sources: list[HubSource] = field(default_factory=list)  # format=hub: several corpora, interleaved
 
+    def validate(self, family: str) -> None:
+        if self.tokenizer is None:  # trained on the corpus: it needs room beyond its alphabet
+            least = 100 if family == "bert" else 300
+            require(
+                self.vocab_size >= least,
+                "data.vocab_size",
+                self.vocab_size,
+                f"a trained {family} tokenizer needs >= {least} entries "
+                + ("(special tokens and characters)" if family == "bert" else "(256 bytes, <|endoftext|>, merges)"),
+                "raise it (8000-30000 is usual)",
+            )
+        else:
+            check_source("data.tokenizer", self.tokenizer, "tokenizer directory")
+        require(self.max_length >= 8, "data.max_length", self.max_length, "it must be >= 8 tokens")
+        require(0 <= self.short_seq_prob <= 1, "data.short_seq_prob", self.short_seq_prob, "it must be in [0, 1]")
+        require(
+            0 <= self.validation_fraction < 1,
+            "data.validation_fraction",
+            self.validation_fraction,
+            "it must be in [0, 1)",
+            "e.g. 0.05 holds out 5% of the documents; 0 holds out none",
+        )
+        require(0 < self.mlm_probability < 1, "data.mlm_probability", self.mlm_probability, "it must be in (0, 1)")
+        if self.max_documents is not None:
+            require(self.max_documents >= 1, "data.max_documents", self.max_documents, "it must be >= 1", "or null")
+        require(self.num_proc >= 1, "data.num_proc", self.num_proc, "it must be >= 1")
+
 
 @dataclass
 class TrainConfig:
@@ -170,6 +272,33 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if len(self.adam_betas) != 2:
             raise ConfigError("train.adam_betas must be two numbers, e.g. [0.9, 0.999]")
+        for i, beta in enumerate(self.adam_betas):
+            require(0 <= beta < 1, f"train.adam_betas[{i}]", beta, "it must be in [0, 1)")
+        require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "it must be >= 0")
+        require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "it must be >= 0")
+        require(self.adam_eps > 0, "train.adam_eps", self.adam_eps, "it must be > 0")
+        require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "it must be in [0, 1]")
+        require(self.max_grad_norm >= 0, "train.max_grad_norm", self.max_grad_norm, "it must be >= 0 (0: no clipping)")
+        for name in ("save_every", "eval_every", "num_workers"):
+            require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), "it must be >= 0")
+        if self.eval_batches is not None:
+            require(self.eval_batches >= 1, "train.eval_batches", self.eval_batches, "it must be >= 1", "or null")
+        if not self.output_dir:
+            raise ConfigError("train.output_dir is empty; give a directory, e.g. train.output_dir=runs/my-run")
+        self.check_precision()
+
+    def check_precision(self) -> None:
+        """Mixed precision needs hardware that has it: fp16 autocast is a GPU feature (a CPU would
+        silently train in fp32)."""
+        on_cpu = self.cpu or not torch.cuda.is_available()
+        if self.precision == "fp16" and on_cpu:
+            raise ConfigError(
+                "train.precision=fp16 needs a GPU and this run is on the CPU"
+                + (" (train.cpu=true)" if self.cpu else " (no CUDA device found)")
+                + "; use train.precision=no (or bf16, which the CPU supports)"
+            )
+        if self.precision == "bf16" and not on_cpu and not torch.cuda.is_bf16_supported():
+            raise ConfigError("train.precision=bf16: this GPU does not support bfloat16; use train.precision=fp16")
 
 
 @dataclass
@@ -181,6 +310,10 @@ class PretrainConfig:
 
     def validate(self) -> None:
         self.train.validate()
+        self.model.validate(export=self.train.export)
+        if self.model.init:
+            check_source("model.init", self.model.init, "checkpoint or directory")
+        self.data.validate(self.model.family)
         if self.data.format == "sample" and self.data.paths:  # `data.paths=[...]` alone means those files
             suffixes = {Path(p.removesuffix(".gz")).suffix.lower() for p in self.data.paths}
             by_suffix = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -206,6 +339,45 @@ class PretrainConfig:
             raise ConfigError(f"data.tokenizer_sample_mb must be > 0, got {self.data.tokenizer_sample_mb}")
         if self.data.num_proc is not None and self.data.num_proc < 1:
             raise ConfigError(f"data.num_proc must be >= 1 or null (all cores), got {self.data.num_proc}")
+
+
+def check_output_dir(key: str, directory: str | Path, needed_bytes: int = 0) -> None:
+    """Before any work: `directory` (or its nearest existing parent) is a directory we can write in,
+    and its disk has room for about `needed_bytes` (checkpoints, export)."""
+    import shutil
+    import tempfile
+
+    path = Path(directory).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={directory} is a file, not a directory; choose another {key}")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{key}={directory}: {parent} is a file, so the directory cannot be created")
+    try:  # a real write: permission bits do not tell about read-only mounts (or a root user)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"{key}={directory} is not writable ({parent}: {e.strerror or e}); choose a directory you can write to"
+        ) from None
+    free = shutil.disk_usage(parent).free
+    if needed_bytes and free < needed_bytes:
+        raise ConfigError(
+            f"{key}={directory}: the disk has {free / 2**20:.0f} MiB free but the run needs about "
+            f"{needed_bytes / 2**20:.0f} MiB (checkpoints and export); free some space or choose another {key}"
+        )
+
+
+def estimate_run_bytes(model: ModelConfig, vocab_size: int, train: TrainConfig) -> int:
+    """About what a run writes: `keep_last` checkpoints (weights and two Adam moments, fp32) and the
+    export (weights), plus 10% and 10 MiB for tokenizer, logs and plots."""
+    h, layers = model.hidden_size, model.num_layers
+    params = layers * (4 * h * h + 2 * h * model.ffn_size) + (vocab_size + model.max_positions) * h
+    checkpoints = params * 4 * 3 * (max(train.keep_last, 1) + 1)  # +1: the next one is written before the oldest goes
+    export = params * 4 if train.export else 0
+    return int(1.1 * (checkpoints + export)) + 10 * 2**20
 
 
 def from_dict(cls: type, values: Any, where: str = "") -> Any:

@@ -364,15 +364,17 @@ class Transformer(nn.Module):
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
         output_attentions: bool = False,
+        position_ids: torch.Tensor | None = None,
     ) -> ModelOutput:
         self._check_inputs(input_ids, token_type_ids, past_key_values)
         batch, length = input_ids.shape
         cfg = self.config
         past_len = past_key_values[0][0].size(2) if past_key_values else 0
-        position_ids = torch.arange(past_len, past_len + length, device=input_ids.device)
-        if cfg.positions_skip_padding:  # RoBERTa: padding gets pad_token_id, real tokens count on from it
-            real = input_ids.ne(cfg.pad_token_id)
-            position_ids = (real.cumsum(dim=1) + past_len) * real + cfg.pad_token_id
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + length, device=input_ids.device)
+            if cfg.positions_skip_padding:  # RoBERTa: padding gets pad_token_id, real tokens count on from it
+                real = input_ids.ne(cfg.pad_token_id)
+                position_ids = (real.cumsum(dim=1) + past_len) * real + cfg.pad_token_id
         x = self.embeddings(input_ids, token_type_ids, position_ids)
         mask, is_causal = self._attention_mask(attention_mask, batch, length, past_len, x.dtype, x.device)
         rope = local_rope = local_mask = None
@@ -721,7 +723,12 @@ class SequenceClassifier(PretrainedModel):
         labels: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> ModelOutput:
-        out = self.transformer(input_ids, attention_mask, token_type_ids, output_attentions=output_attentions)
+        position_ids = None
+        if self.config.causal and attention_mask is not None:  # left padding: count positions from the first token
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.transformer(
+            input_ids, attention_mask, token_type_ids, output_attentions=output_attentions, position_ids=position_ids
+        )
         if self.config.causal:
             h = out.last_hidden_state
             if attention_mask is None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import ConfigError, PretrainConfig, to_dict
+from .config import ConfigError, PretrainConfig, check_output_dir, estimate_run_bytes, to_dict
 from .data import (
     IGNORE_INDEX,
     CausalCollator,
@@ -21,6 +20,7 @@ from .data import (
 )
 from .interop import build_model
 from .tokenizer import check_family, load_tokenizer
+from .tokenizer_identity import same_tokenizer, saved_tokenizer_dir
 from .train import Task, load_pretrained, make_accelerator, prepare_output_dir, train
 
 log = logging.getLogger(__name__)
@@ -99,11 +99,44 @@ def evaluate_pretraining(
     return result
 
 
+def check_run_inputs(cfg: PretrainConfig) -> None:
+    """Early checks that touch the disk: the output directory is writable and has room, and a
+    model.init gets its own tokenizer (data.tokenizer unset: the one saved with it; set: it must
+    be the same tokenizer by content, not only by size)."""
+    vocab = cfg.model.vocab_size or cfg.data.vocab_size
+    check_output_dir("train.output_dir", cfg.train.output_dir, estimate_run_bytes(cfg.model, vocab, cfg.train))
+    resuming = cfg.train.resume not in (None, "auto") or (
+        cfg.train.resume == "auto" and (Path(cfg.train.output_dir) / "checkpoints").is_dir()
+    )
+    if not cfg.model.init or resuming:
+        return
+    saved = saved_tokenizer_dir(cfg.model.init)
+    if saved is None:
+        if cfg.data.tokenizer is None and Path(cfg.model.init).expanduser().exists():
+            raise ConfigError(
+                f"model.init={cfg.model.init} has no tokenizer saved with it, and training a new one would "
+                "scramble its vocabulary; pass the tokenizer it was trained with as data.tokenizer=<directory>"
+            )
+        return
+    if cfg.data.tokenizer is None:
+        log.info("model.init=%s: using the tokenizer saved with it (%s)", cfg.model.init, saved)
+        cfg.data.tokenizer = str(saved)
+        return
+    given = load_tokenizer(cfg.data.tokenizer)
+    if not same_tokenizer(given, load_tokenizer(str(saved))):
+        raise ConfigError(
+            f"data.tokenizer={cfg.data.tokenizer} is not the tokenizer model.init={cfg.model.init} was trained with "
+            f"({saved}; vocabularies of {len(given)} and {len(load_tokenizer(str(saved)))} entries differ in content); "
+            "remove data.tokenizer to use the model's own"
+        )
+
+
 def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
     """Pretrain as configured; returns the final evaluation metrics."""
     from accelerate.utils import set_seed
 
     cfg.validate()
+    check_run_inputs(cfg)  # before any data is read: output directory, disk, tokenizer identity
     accelerator = make_accelerator(cfg.train)
     out = Path(cfg.train.output_dir)
     prepare_output_dir(cfg.train)  # fail before any work if the directory holds another run

@@ -8,8 +8,15 @@ pretrain-export <checkpoint> <out>                                  # the same, 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+
+
+def fail(message: str) -> None:
+    """A bad argument: one line on stderr, exit status 2 (as argparse does)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -17,11 +24,28 @@ def resolve_checkpoint(path: Path) -> Path:
     from pretrain.checkpoint import resolve_run_dir
 
     if not path.exists():
-        sys.exit(f"error: {path} does not exist")
+        fail(f"{path} does not exist")
     path = resolve_run_dir(path)
     if not (path / "model.json").exists():
-        sys.exit(f"error: {path} is not a checkpoint of ours (no model.json); pass a step-* or a run directory")
+        fail(f"{path} is not a checkpoint of ours (no model.json); pass a step-* or a run directory")
     return path
+
+
+def check_head(own: str, head: str | None, causal: bool) -> None:
+    """A head the checkpoint has (its own), or the bare trunk (base): any other would be exported with
+    randomly initialised weights."""
+    from pretrain.interop import HEADS
+
+    if head is None or head in (own, "base"):
+        return
+    if head not in HEADS:
+        fail(f"--head {head} is not a head; choose one of {list(HEADS)}")
+    family = "GPT (causal)" if causal else "BERT"
+    fail(
+        f"the checkpoint is a {family} model with a {own!r} head; --head {head} would export an untrained, "
+        f"randomly initialised head. Export its own head (no --head) or --head base, or train that head "
+        "with python -m finetune"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,15 +57,25 @@ def main(argv: list[str] | None = None) -> None:
 
     from pretrain import save_hf
     from pretrain.checkpoint import load_pretrained
+    from pretrain.config import ConfigError, check_output_dir
     from pretrain.tokenizer import load_tokenizer
 
-    src = resolve_checkpoint(Path(args.checkpoint))
+    src = resolve_checkpoint(Path(args.checkpoint).expanduser())
+    meta = json.loads((src / "model.json").read_text())
+    check_head(meta["head"], args.head, bool(meta["config"].get("causal")))
+    out_dir = Path(args.out_dir).expanduser()
+    if (out_dir / "config.json").exists() or (out_dir / "model.safetensors").exists():
+        fail(f"{out_dir} already holds a model; choose another output directory or remove it first")
     try:
-        model = load_pretrained(src, head=args.head)
-        tokenizer = load_tokenizer(str(src)) if (src / "tokenizer_config.json").exists() else None
-        out = save_hf(model, args.out_dir, tokenizer=tokenizer)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+        check_output_dir("out_dir", out_dir)
+    except ConfigError as e:
+        fail(str(e))
+    model = load_pretrained(src, head=args.head)
+    tokenizer = load_tokenizer(str(src)) if (src / "tokenizer_config.json").exists() else None
+    try:
+        out = save_hf(model, out_dir, tokenizer=tokenizer)
+    except ValueError as e:  # the Hugging Face architecture cannot express this model
+        fail(str(e))
     print(f"exported {src} -> {out}" + ("" if tokenizer else " (no tokenizer in the checkpoint)"))
 
 

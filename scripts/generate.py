@@ -7,8 +7,15 @@ python scripts/generate.py runs/gpt-tiny/<run> "ROMEO:" --greedy
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
+
+
+def fail(message: str) -> None:
+    """A bad argument: one line on stderr, exit status 2 (as argparse does)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,21 +29,53 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not (args.temperature > 0 and math.isfinite(args.temperature)):
+        parser.error(f"--temperature must be > 0 (1: as trained; --greedy for argmax), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        parser.error(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        parser.error(f"--top-p must be in (0, 1] (1 keeps every token), got {args.top_p}")
+    if not args.prompt:
+        parser.error("the prompt is empty; give some text to continue")
 
     import torch
 
     from pretrain import CausalLM
     from pretrain.checkpoint import load_pretrained, resolve_run_dir
+    from pretrain.config import ConfigError, check_source
+    from pretrain.model import SequenceClassifier, SpanQA
     from pretrain.tokenizer import load_tokenizer
+    from pretrain.tokenizer_identity import saved_tokenizer_dir
 
-    src = resolve_run_dir(Path(args.model))
     try:
-        model = load_pretrained(src if src.exists() else args.model, head="causal_lm")
-    except ValueError as e:
-        sys.exit(f"error: {args.model} is not a causal (GPT-style) model: {e}")
-    assert isinstance(model, CausalLM)
-    tokenizer = load_tokenizer(str(src) if src.exists() else args.model)
-    prompt = torch.tensor([tokenizer(args.prompt, add_special_tokens=False)["input_ids"]])
+        check_source("model", args.model, "run, checkpoint or model directory")
+    except ConfigError as e:
+        fail(f"{e}")
+    src = resolve_run_dir(Path(args.model).expanduser())
+    try:
+        found = load_pretrained(src if src.exists() else args.model)
+    except (ValueError, OSError) as e:
+        fail(f"cannot load {args.model}: {e}")
+    if not found.config.causal:
+        fail(f"{args.model} is a BERT-style (bidirectional) model; generation needs a GPT-style (causal) model")
+    if isinstance(found, (SequenceClassifier, SpanQA)):
+        fail(f"{args.model} is a fine-tuned classifier without a language-model head; use a pretrained GPT")
+    model = found if isinstance(found, CausalLM) else load_pretrained(src if src.exists() else args.model, "causal_lm")
+    tokenizer_dir = saved_tokenizer_dir(str(src)) if src.exists() else None
+    if src.exists() and tokenizer_dir is None:
+        fail(f"{args.model} has no tokenizer saved with it; export the run or point at its run directory")
+    tokenizer = load_tokenizer(str(tokenizer_dir) if tokenizer_dir else args.model)
+    ids = tokenizer(args.prompt, add_special_tokens=False)["input_ids"]
+    if not ids:
+        fail("the prompt gives no tokens; give some text to continue")
+    if len(ids) + args.max_new_tokens > model.config.max_positions:
+        fail(
+            f"the prompt ({len(ids)} tokens) + --max-new-tokens {args.max_new_tokens} exceeds the model's "
+            f"{model.config.max_positions} positions; shorten the prompt or lower --max-new-tokens"
+        )
+    prompt = torch.tensor([ids])
     tokens = model.eval().generate(
         prompt,
         args.max_new_tokens,

@@ -32,8 +32,10 @@ def test_benchmark_reports_a_ratio(family, capsys):
     assert "speed-up (HF / ours)" in out
 
 
-def test_export_refuses_what_is_not_a_checkpoint(tmp_path):
-    with pytest.raises(SystemExit, match="not a checkpoint of ours"):
+def test_export_refuses_what_is_not_a_checkpoint(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="2"):
         export.main([str(tmp_path), str(tmp_path / "out")])
-    with pytest.raises(SystemExit, match="does not exist"):
+    assert "not a checkpoint of ours" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
         export.main([str(tmp_path / "nope"), str(tmp_path / "out")])
+    assert "does not exist" in capsys.readouterr().err

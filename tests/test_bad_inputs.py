@@ -1,0 +1,273 @@
+"""Bad inputs through the real commands: each is a clear error (exit status 2, one line, no traceback,
+the key or file and the fix named) raised before any work, or is handled correctly. Plus the
+fine-tuning correctness cases of the same review (re-heading, left padding, pad token, SQuAD rules)."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from finetune import classification as cls
+from finetune.squad_metric import squad_scores
+from pretrain.checkpoint import load_pretrained, save_model_dir
+from pretrain.interop import build_model, hf_config_dict
+from pretrain.model import SequenceClassifier
+from pretrain.tokenizer import train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = ["the cat sat on the mat", "a dog ran in the park", "good film", "bad film", "what is said? who went?"] * 30
+
+
+def run(args, cwd, module=None):
+    """A command as a user runs it; returns (exit status, stderr)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("PRETRAIN_TRACEBACK", None)
+    cmd = [sys.executable, "-m", module, *args] if module else [sys.executable, *args]
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return result.returncode, result.stderr
+
+
+def assert_user_error(status, stderr, *words):
+    assert status == 2, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    for word in words:
+        assert word in stderr, f"{word!r} not in: {stderr[-1500:]}"
+
+
+def checkpoint(directory: Path, family: str, head: str, vocab: int = 0, **head_kwargs) -> Path:
+    tokenizer = train_tokenizer(TEXT, family, vocab_size=vocab or (120 if family == "bert" else 300))
+    config = tiny_config(causal=family == "gpt", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    save_model_dir(build_model(config, head, **head_kwargs), directory)
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpts")
+    return {
+        "bert": checkpoint(root / "bert", "bert", "pretraining"),
+        "bert_other": checkpoint(root / "bert_other", "bert", "pretraining", vocab=110),
+        "gpt": checkpoint(root / "gpt", "gpt", "causal_lm"),
+    }
+
+
+# ----------------------------------------------------------------------------- python -m pretrain
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("data.validation_fraction=-0.5", ["data.validation_fraction=-0.5", "[0, 1)"]),
+        ("data.vocab_size=5", ["data.vocab_size=5", "raise it"]),
+        ("train.warmup_steps=-3", ["train.warmup_steps=-3", ">= 0"]),
+        ("train.adam_betas=[0.9,1.5]", ["train.adam_betas[1]"]),
+        ("model.num_heads=3", ["model.hidden_size", "num_heads"]),
+        ("model.dropout=1.5", ["model.dropout=1.5"]),
+        ("model.position_embedding=sinusoidal", ["position_embedding='sinusoidal'", "train.export=false"]),
+        ("model.init=runs/no/such/run", ["model.init=runs/no/such/run", "tried the local path"]),
+        ("data.tokenizer=./my-tokenizer", ["data.tokenizer=./my-tokenizer", "tried the local path"]),
+        ("train.lrr=1", ["lrr"]),  # hydra's own error: status 2 too
+        ("model=bert-huge", ["bert-huge"]),
+    ],
+)
+@pytest.mark.slow  # a process start per case
+def test_pretrain_config_errors(tmp_path, override, words):
+    status, stderr = run([override, f"train.output_dir={tmp_path / 'out'}"], tmp_path, "pretrain")
+    assert_user_error(status, stderr, *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing written: not hydra's runs/, not the output"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is real on a GPU")
+@pytest.mark.slow  # a process start per case
+def test_pretrain_fp16_on_cpu_is_refused(tmp_path):
+    status, stderr = run(["train.precision=fp16", f"train.output_dir={tmp_path / 'o'}"], tmp_path, "pretrain")
+    assert_user_error(status, stderr, "train.precision=fp16", "needs a GPU", "train.precision=no")
+
+
+@pytest.mark.slow  # a process start per case
+def test_pretrain_unwritable_output_dir(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    status, stderr = run([f"train.output_dir={tmp_path / 'a_file' / 'run'}"], tmp_path, "pretrain")
+    assert_user_error(status, stderr, "train.output_dir", "cannot be created")
+
+
+@pytest.mark.slow  # a process start per case
+def test_pretrain_init_with_another_tokenizer_is_refused(tmp_path, ckpts):
+    args = [f"model.init={ckpts['bert']}", f"data.tokenizer={ckpts['bert_other']}", f"train.output_dir={tmp_path}/o"]
+    status, stderr = run(args, tmp_path, "pretrain")
+    assert_user_error(status, stderr, f"data.tokenizer={ckpts['bert_other']}", f"model.init={ckpts['bert']}")
+
+
+def test_init_reuses_its_own_tokenizer(tmp_path, ckpts):
+    from pretrain.config import PretrainConfig
+    from pretrain.pretraining import check_run_inputs
+
+    cfg = PretrainConfig()
+    cfg.model.init, cfg.train.output_dir = str(ckpts["bert"]), str(tmp_path / "o")
+    check_run_inputs(cfg)
+    assert cfg.data.tokenizer == str(ckpts["bert"]), "the checkpoint's tokenizer, not a new one"
+
+
+@pytest.mark.slow  # a process start per case
+def test_internal_errors_keep_their_traceback(tmp_path):
+    code = "from pretrain.hydra_utils import clear_errors; clear_errors(lambda raw: {{}}['x'])(None)"
+    status, stderr = run(["-c", code.replace("{{}}", "{}")], tmp_path)
+    assert status == 1 and "Traceback" in stderr and "KeyError" in stderr
+    code = "from pretrain.hydra_utils import clear_errors; from pretrain.config import DataError\n"
+    code += "def job(raw): raise DataError('f.tsv, row 3: bad')\nclear_errors(job)(None)"
+    assert_user_error(*run(["-c", code], tmp_path), "error: f.tsv, row 3: bad")
+
+
+# ----------------------------------------------------------------------------- python -m finetune
+
+
+def finetune(tmp_path, ckpt, train_file, *extra, task="classification", dev_file=None):
+    args = [f"task={task}", f"model.init={ckpt}", f"data.train={train_file}", f"train.output_dir={tmp_path / 'out'}"]
+    args += [f"data.validation={dev_file or train_file}", "train.max_steps=1", *extra]
+    args += ["data=squad"] if task == "qa" else []
+    return run(args, tmp_path, "finetune")
+
+
+def jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.slow  # a process start per case
+def test_finetune_row_errors(tmp_path, ckpts):
+    good = [{"sentence": "good film", "label": 1}, {"sentence": "bad film", "label": 0}]
+    cases = [
+        (good + [{"sentence": None, "label": 1}], ["rows.jsonl, row 3", "'sentence' is null"]),
+        (good + [{"sentence": "ok"}], ["rows.jsonl, row 3", "'label'"]),
+        (good + [{"sentence": "", "label": 1}], ["row 3", "is empty"]),
+        (good + [{"sentence": ["a"], "label": 1}], ["row 3", "not a string"]),
+    ]
+    for rows, words in cases[:2]:  # each case is a process start: the two of the issue here, the rest in-process
+        assert_user_error(*finetune(tmp_path, ckpts["bert"], jsonl(tmp_path / "rows.jsonl", rows)), *words)
+    from finetune.config import FinetuneDataConfig
+    from pretrain.config import DataError
+
+    for rows, words in cases[2:]:
+        with pytest.raises(DataError, match=words[-1]):
+            cls.check_columns(rows, FinetuneDataConfig(), "rows.jsonl")
+
+
+@pytest.mark.slow  # a process start per case
+def test_finetune_file_errors(tmp_path, ckpts):
+    (tmp_path / "empty.tsv").write_text("")
+    assert_user_error(*finetune(tmp_path, ckpts["bert"], tmp_path / "empty.tsv"), "empty.tsv is empty")
+    train = jsonl(tmp_path / "t.jsonl", [{"sentence": "good", "label": "pos"}, {"sentence": "bad", "label": "neg"}])
+    dev = jsonl(tmp_path / "d.jsonl", [{"sentence": "meh", "label": "neutral"}])
+    assert_user_error(*finetune(tmp_path, ckpts["bert"], train, dev_file=dev), "d.jsonl", "['neutral']")
+
+
+def squad(path: Path, articles) -> Path:
+    path.write_text(json.dumps({"version": "1.1", "data": articles}))
+    return path
+
+
+@pytest.mark.slow  # a process start per case
+def test_finetune_squad_errors(tmp_path, ckpts):
+    no_paragraphs = squad(tmp_path / "a.json", [{"title": "x"}])
+    assert_user_error(*finetune(tmp_path, ckpts["bert"], no_paragraphs, task="qa"), "data[0].paragraphs is missing")
+    qas = [{"id": str(i), "question": "who?", "answers": [{"text": "cat", "answer_start": 40}]} for i in range(3)]
+    wrong = squad(tmp_path / "w.json", [{"title": "x", "paragraphs": [{"context": "the cat sat", "qas": qas}]}])
+    assert_user_error(*finetune(tmp_path, ckpts["bert"], wrong, task="qa"), "w.json", "none of the 3 answers")
+
+
+def test_squad_missing_answer_field_is_named(tmp_path):
+    from finetune.qa import read_squad
+    from pretrain.config import DataError
+
+    qas = [{"id": "1", "question": "who?", "answers": [{"text": "cat"}]}]
+    path = squad(tmp_path / "s.json", [{"paragraphs": [{"context": "the cat", "qas": qas}]}])
+    with pytest.raises(DataError, match=r"data\[0\]\.paragraphs\[0\]\.qas\[0\]\.answers\[0\]\.answer_start is missing"):
+        read_squad(str(path))
+
+
+# ----------------------------------------------------------------------------- scripts
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--max-new-tokens", "-5"], ["--max-new-tokens must be >= 1"]),
+        (["--top-p", "0"], ["--top-p must be in (0, 1]"]),
+        (["--temperature", "-1"], ["--temperature must be > 0"]),
+    ],
+)
+@pytest.mark.slow  # a process start per case
+def test_generate_arguments(tmp_path, ckpts, args, words):
+    assert_user_error(*run([str(ROOT / "scripts/generate.py"), str(ckpts["gpt"]), "hi", *args], tmp_path), *words)
+
+
+@pytest.mark.slow  # a process start per case
+def test_generate_refuses_a_bert(tmp_path, ckpts):
+    status, stderr = run([str(ROOT / "scripts/generate.py"), str(ckpts["bert"]), "hi"], tmp_path)
+    assert_user_error(status, stderr, "BERT-style", "GPT-style")
+
+
+@pytest.mark.slow  # a process start per case
+def test_export_refuses_a_head_the_checkpoint_lacks(tmp_path, ckpts):
+    args = [str(ROOT / "scripts/export.py"), str(ckpts["gpt"]), str(tmp_path / "x"), "--head", "qa"]
+    status, stderr = run(args, tmp_path)
+    assert_user_error(status, stderr, "--head qa", "randomly initialised", "causal_lm")
+    assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- fine-tuning correctness
+
+
+def test_classifier_reheading(tmp_path, caplog):
+    three = checkpoint(tmp_path / "three", "bert", "classification", num_labels=3)
+    with caplog.at_level(logging.INFO):
+        kept = cls.load_classifier(str(three), 3, 0.0, ["a", "b", "c"], 0)
+        reheaded = cls.load_classifier(str(three), 2, 0.0, ["a", "b"], 0)
+    original = load_pretrained(three)
+    assert torch.equal(kept.classifier.weight, original.classifier.weight), "our own classifier is kept"
+    assert reheaded.classifier.weight.shape == (2, 32)
+    assert torch.equal(reheaded.transformer.embeddings.word.weight, original.transformer.embeddings.word.weight)
+    assert "re-initialised" in caplog.text and "keeping its trained classifier" in caplog.text
+
+
+def test_gpt_classification_left_padding_equals_right_padding():
+    model = SequenceClassifier(tiny_config(causal=True, pad_token_id=0), num_labels=2).eval()
+    ids = torch.randint(1, 100, (1, 7))
+    pad, ones = torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 7, dtype=torch.long)
+    with torch.no_grad():
+        right = model(torch.cat([ids, pad], 1), torch.cat([ones, pad], 1)).logits
+        left = model(torch.cat([pad, ids], 1), torch.cat([pad, ones], 1)).logits
+        alone = model(ids).logits
+    torch.testing.assert_close(left, right, atol=1e-5, rtol=0)
+    torch.testing.assert_close(left, alone, atol=1e-5, rtol=0)
+
+
+def test_gpt_classification_export_has_a_pad_token(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_embd=32, n_layer=1, n_head=4, n_positions=64))
+    assert hf.config.pad_token_id is None
+    hf.save_pretrained(tmp_path / "gpt2")
+    model = cls.load_classifier(str(tmp_path / "gpt2"), 2, 0.0, ["neg", "pos"], pad_token_id=299)
+    assert hf_config_dict(model)["pad_token_id"] == 299
+
+
+def test_squad_metric_versions_follow_the_official_scripts():
+    # a gold answer that normalises to nothing ("the"): v1.1 keeps it (EM 1 on "", F1 0: no tokens);
+    # v2.0 drops it, leaving the question unanswerable (an empty prediction scores 1 and 1)
+    v1 = squad_scores({"q": ""}, {"q": ["the"]}, version="1.1")
+    v2 = squad_scores({"q": ""}, {"q": ["the"]}, version="2.0")
+    assert (v1["exact_match"], v1["f1"]) == (100.0, 0.0)
+    assert (v2["exact_match"], v2["f1"]) == (100.0, 100.0) and v2["NoAns_total"] == 1.0
+    # v1.1: "an" vs "a" normalise equal (EM) but share no token (F1 0)
+    assert squad_scores({"q": "a"}, {"q": ["an"]}, version="1.1")["f1"] == 0.0
+    both = {"q1": "Denver Broncos", "q2": "Panthers"}, {"q1": ["the Denver Broncos"], "q2": ["Carolina Panthers"]}
+    assert squad_scores(*both, version="1.1")["f1"] == squad_scores(*both, version="2.0")["f1"]
+    assert "HasAns_exact" not in squad_scores(*both, version="1.1")
