@@ -34,6 +34,7 @@ def read_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any
         try:
             rows = json.loads(text)
             rows = rows["data"] if isinstance(rows, dict) and "data" in rows else rows
+            rows = [rows] if isinstance(rows, dict) else rows  # a JSON-lines file of one row
         except json.JSONDecodeError:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         return list(rows)

@@ -20,16 +20,18 @@ from safetensors.torch import load_file, save_file
 from .model import (
     BertPretraining,
     CausalLM,
+    MultipleChoice,
     PretrainedModel,
     SequenceClassifier,
     SpanQA,
+    TokenClassifier,
     Transformer,
     TransformerConfig,
 )
 
 log = logging.getLogger(__name__)
 
-HEADS = ("base", "pretraining", "mlm", "causal_lm", "classification", "qa")
+HEADS = ("base", "pretraining", "mlm", "causal_lm", "classification", "qa", "token_classification", "multiple_choice")
 
 # Hugging Face activation names <-> ours
 _ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
@@ -130,6 +132,20 @@ def _head_pairs(model: PretrainedModel | Transformer) -> tuple[list[Pair], str]:
     if isinstance(model, SpanQA):
         pairs = [("qa_outputs.weight", "qa_outputs.weight", "copy"), ("qa_outputs.bias", "qa_outputs.bias", "copy")]
         return pairs, "BertForQuestionAnswering" if bert else "GPT2ForQuestionAnswering"
+    if isinstance(model, TokenClassifier):
+        pairs = [("classifier.weight", "classifier.weight", "copy"), ("classifier.bias", "classifier.bias", "copy")]
+        return pairs, "BertForTokenClassification" if bert else "GPT2ForTokenClassification"
+    if isinstance(model, MultipleChoice):
+        if bert:
+            pairs = [("classifier.weight", "classifier.weight", "copy"), ("classifier.bias", "classifier.bias", "copy")]
+            return pairs, "BertForMultipleChoice"
+        # GPT-2's double-heads model: its multiple-choice summary is our classifier read at the token
+        # given as mc_token_ids (pass the last non-padding position); its LM head is tied
+        pairs = [
+            ("classifier.weight", "multiple_choice_head.summary.weight", "copy"),
+            ("classifier.bias", "multiple_choice_head.summary.bias", "copy"),
+        ]
+        return pairs, "GPT2DoubleHeadsModel"
     raise TypeError(f"no Hugging Face mapping for {type(model).__name__}")
 
 
@@ -170,6 +186,18 @@ def hf_config_dict(model: PretrainedModel | Transformer) -> dict[str, Any]:
         common["id2label"] = {int(k): v for k, v in labels.items()}
         common["label2id"] = {v: int(k) for k, v in labels.items()}
         common["problem_type"] = "regression" if model.num_labels == 1 else "single_label_classification"
+        if model.symmetric:
+            log.warning(
+                "symmetric classifier exported as %s: Hugging Face runs one order of a pair; our logits are "
+                "its logits of (a, b) plus those of (b, a), minus the classifier bias once",
+                arch,
+            )
+    if isinstance(model, TokenClassifier):
+        labels = getattr(model, "id2label", None) or {i: f"LABEL_{i}" for i in range(model.num_labels)}
+        common["id2label"] = {int(k): v for k, v in labels.items()}
+        common["label2id"] = {v: int(k) for k, v in labels.items()}
+    if isinstance(model, MultipleChoice) and cfg.causal:
+        common["summary_first_dropout"] = cfg.dropout  # the other summary_* defaults are our head
     if not cfg.causal:
         if cfg.norm_placement != "post":
             problems.append("norm_placement='pre' (HF BERT is post-LN)")
@@ -336,6 +364,10 @@ _ARCH_TO_HEAD = {
     "BertForMaskedLM": "mlm",
     "BertForSequenceClassification": "classification",
     "BertForQuestionAnswering": "qa",
+    "BertForTokenClassification": "token_classification",
+    "BertForMultipleChoice": "multiple_choice",
+    "GPT2ForTokenClassification": "token_classification",
+    "GPT2DoubleHeadsModel": "multiple_choice",
     "GPT2Model": "base",
     "GPT2LMHeadModel": "causal_lm",
     "GPT2ForSequenceClassification": "classification",
@@ -361,6 +393,8 @@ def build_model(config: TransformerConfig, head: str, **head_kwargs: Any) -> Pre
         "causal_lm": CausalLM,
         "classification": SequenceClassifier,
         "qa": SpanQA,
+        "token_classification": TokenClassifier,
+        "multiple_choice": MultipleChoice,
     }
     if head not in builders:
         raise ValueError(f"unknown head {head!r}; choose one of {list(builders)}")
@@ -372,18 +406,18 @@ def load_hf(src: Any, head: str | None = None, **head_kwargs: Any) -> Pretrained
 
     `src`: a checkpoint directory, a hub name (downloaded by huggingface_hub; needs internet) or a
     built `transformers` model. `head`: one of HEADS; by default the checkpoint's own architecture.
-    Pretraining heads the checkpoint lacks are an error; fine-tuning heads (classification, qa) it
-    lacks are initialised fresh and logged."""
+    Pretraining heads the checkpoint lacks are an error; fine-tuning heads (classification, qa, token_classification,
+    multiple_choice) it lacks are initialised fresh and logged."""
     hf_config, state = _read_hf(src)
     config = config_from_hf(hf_config)
     arch = (hf_config.get("architectures") or ["BertModel" if not config.causal else "GPT2Model"])[0]
     head = head or _ARCH_TO_HEAD.get(arch)
     if head is None:
         raise ValueError(f"unsupported architecture {arch!r}; pass head= one of {HEADS}")
-    if head == "classification" and "num_labels" not in head_kwargs:
+    if head in ("classification", "token_classification") and "num_labels" not in head_kwargs:
         head_kwargs["num_labels"] = len(hf_config.get("id2label") or {0: 0, 1: 1})
     model = build_model(config, head, **head_kwargs)
-    if head == "classification" and hf_config.get("id2label"):
+    if head in ("classification", "token_classification") and hf_config.get("id2label"):
         model.id2label = {int(k): v for k, v in hf_config["id2label"].items()}
     load_hf_state_dict(model, state, source=str(src) if not hasattr(src, "config") else type(src).__name__)
     return model
