@@ -338,7 +338,7 @@ def _token_classification(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any)
         train_sentences, val_sentences = _holdout(train_sentences, d.holdout_fraction, cfg.seed)
     train_sentences = _subset(train_sentences, d.max_train_examples, cfg.seed)
     val_sentences = _subset(val_sentences, d.max_eval_examples, None)
-    labels = tc.tag_vocabulary(train_sentences, d, hub_names)
+    labels = tc.tag_vocabulary(train_sentences, d, hub_names, val_sentences)
     tc.check_tags(train_sentences, labels, train_file or d.train_split)
     tc.check_tags(val_sentences, labels, validation_file or d.validation_split)
 

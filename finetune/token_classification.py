@@ -113,12 +113,20 @@ def load_sentences(cfg: FinetuneDataConfig, path: str | None, split: str) -> tup
     return sentences_from_rows(list(data), cfg.tags_column, where, cfg.label_names or names), names
 
 
-def tag_vocabulary(train: list[Sentence], cfg: FinetuneDataConfig, hub_names: list[str] | None) -> list[str]:
+def tag_vocabulary(
+    train: list[Sentence], cfg: FinetuneDataConfig, hub_names: list[str] | None, validation: list[Sentence] = ()
+) -> list[str]:
+    """data.label_names, else the hub's names, else the training tags sorted. Tags only the validation
+    data has (CoNLL-2000's test set has one I-LST) are appended: never learnt, but scored fairly."""
     if cfg.label_names:
         return [str(x) for x in cfg.label_names]
     if hub_names:
         return hub_names
-    return sorted({t for s in train for t in s.tags})
+    labels = sorted({t for s in train for t in s.tags})
+    unseen = sorted({t for s in validation for t in s.tags} - set(labels))
+    if unseen:
+        log.warning("tags only in the validation data (the model cannot learn them): %s", unseen)
+    return labels + unseen
 
 
 def check_tags(sentences: list[Sentence], labels: list[str], where: str) -> None:

@@ -285,7 +285,9 @@ def test_tiny_gpt_tags_from_a_json_lines_file(tmp_path):
     run = FinetuneConfig(
         task="token_classification",
         model=FinetuneModelConfig(init=str(init)),
-        data=FinetuneDataConfig(train=str(tmp_path / "train.jsonl"), validation=str(tmp_path / "dev.jsonl")),
+        data=FinetuneDataConfig(
+            train=str(tmp_path / "train.jsonl"), validation=str(tmp_path / "dev.jsonl"), max_length=32
+        ),
         train=TrainConfig(
             max_steps=80, batch_size=16, lr=3e-3, warmup_steps=5, save_every=0, eval_every=0, log_every=20,
             output_dir=str(tmp_path / "out"), tensorboard=False, plot=False,
