@@ -201,14 +201,14 @@ def test_symmetric_similarity_adds_both_orders(tmp_path, causal):
 
 
 def colour_rows(n: int, seed: int) -> list[dict]:
-    """The rule: the right choice names the colour the context names."""
+    """The rule: of three choices, the right one is the colour (the others are things)."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        colours = rng.sample(COLOURS, 3)
-        thing = rng.choice(THINGS)
+        choices = rng.sample(THINGS, 2)
         label = rng.randrange(3)
-        rows.append({"context": f"the {thing} is {colours[label]}", "choices": colours, "label": label})
+        choices.insert(label, rng.choice(COLOURS))
+        rows.append({"context": f"the {rng.choice(THINGS)} is", "choices": choices, "label": label})
     return rows
 
 
