@@ -272,3 +272,16 @@ def test_symmetric_pairs_end_to_end(tmp_path, tokenizer):
     assert metrics["accuracy"] > 0.9
     best = load_model_dir(Path(cfg.train.output_dir) / "best")
     assert isinstance(best, SequenceClassifier) and best.symmetric
+
+
+def test_gpt_auxiliary_lm_loss_covers_every_choice_and_its_count_matches():
+    model = MultipleChoice(tiny_config(causal=True), lm_loss_weight=0.5)
+    ids = torch.randint(1, 101, (2, 3, 7))
+    mask = torch.ones_like(ids)
+    mask[0, 1, 5:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([2, 0])}
+    out = model(**batch)
+    counts = model.loss_counts(batch)
+    assert set(out.loss_terms) == {"choice", "lm_aux"}
+    assert out.loss_terms["lm_aux"][1] == counts["lm_aux"] == 2 * 3 * 6 - 2
+    assert out.loss_terms["choice"][1] == counts["choice"] == 2
