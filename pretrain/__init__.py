@@ -1,6 +1,6 @@
 """BERT- and GPT-style Transformer pretraining: one core, its heads, data, and a shared training loop."""
 
-from .hf_interop import build_model, load_hf, save_hf
+from .interop import build_model, load_hf, save_hf
 from .model import (
     BertPretraining,
     CausalLM,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .hf_interop import build_model, head_name, load_hf
+from .interop import build_model, head_name, load_hf
 from .model import MultipleChoice, PretrainedModel, SequenceClassifier, TokenClassifier, Transformer, TransformerConfig
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")

@@ -22,7 +22,7 @@ from .data import (
     example_seed,
     load_documents,
 )
-from .hf_interop import build_model
+from .interop import build_model
 from .tokenizer import check_family, load_tokenizer, train_tokenizer
 from .trainer import Task, make_accelerator, prepare_output_dir, train
 

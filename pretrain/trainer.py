@@ -296,7 +296,7 @@ def train(task: Task, cfg: TrainConfig, seed: int, run_config: dict | None = Non
             if task.export is not None:
                 task.export(unwrapped, export_dir)
             else:
-                from .hf_interop import save_hf
+                from .interop import save_hf
 
                 save_hf(unwrapped, export_dir, tokenizer=task.tokenizer)
             log.info("exported a Hugging Face model to %s", export_dir)

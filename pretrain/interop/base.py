@@ -1,0 +1,200 @@
+"""What every family adapter shares: the registry of heads, the adapter base class, and the one
+generic conversion that applies an adapter's name table to a state dict, both ways.
+
+An adapter (one module per family, as torchtitan's state_dict_adapter) declares
+- its Hugging Face `model_type`, the prefix of the trunk inside HF head models, and the HF class of each head;
+- the config mapping (`config_to_hf` / `config_from_hf`);
+- the state-dict name table (`trunk_pairs` / `head_pairs`): (ours, theirs, how) triples, where `how` names
+  one of the few reshapes in `RESHAPES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..model import (
+    BertPretraining,
+    CausalLM,
+    MultipleChoice,
+    PretrainedModel,
+    SequenceClassifier,
+    SpanQA,
+    TokenClassifier,
+    Transformer,
+    TransformerConfig,
+)
+
+AnyModel = PretrainedModel | Transformer
+
+# (ours, theirs, how): theirs is one HF name, or a tuple of names for the reshapes that join several tensors
+Pair = tuple[str, Any, str]
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+@dataclass(frozen=True)
+class Head:
+    """A task head: how to build it, how to recognise a built model, and which of its weights a
+    checkpoint must provide (a missing pretrained head is an error, not a silent random init)."""
+
+    name: str
+    model_class: type[nn.Module]
+    build: Callable[..., nn.Module]
+    required: tuple[str, ...] = ()  # prefixes of our parameter names that must come from the checkpoint
+    matches: Callable[[nn.Module], bool] = lambda model: True
+
+
+HEADS: dict[str, Head] = {}
+
+
+def register_head(head: Head) -> Head:
+    if head.name in HEADS:
+        raise ValueError(f"head {head.name!r} is registered twice")
+    HEADS[head.name] = head
+    return head
+
+
+# Order matters for head_name: the first head whose class and predicate match a model names it.
+register_head(Head("base", Transformer, Transformer))
+register_head(
+    Head(
+        "pretraining",
+        BertPretraining,
+        BertPretraining,
+        required=("mlm_head.", "nsp_head.", "transformer.pooler."),
+        matches=lambda m: m.nsp_head is not None,
+    )
+)
+register_head(
+    Head(
+        "mlm",
+        BertPretraining,
+        lambda c: BertPretraining(c, nsp=False),
+        required=("mlm_head.",),
+        matches=lambda m: m.nsp_head is None,
+    )
+)
+register_head(Head("causal_lm", CausalLM, CausalLM, required=("lm_head.",)))
+register_head(Head("classification", SequenceClassifier, SequenceClassifier))
+register_head(Head("qa", SpanQA, SpanQA))
+register_head(Head("token_classification", TokenClassifier, TokenClassifier))
+register_head(Head("multiple_choice", MultipleChoice, MultipleChoice))
+
+
+def head_name(model: AnyModel) -> str:
+    """The head name (a key of HEADS) that rebuilds `model` with build_model."""
+    for head in HEADS.values():
+        if isinstance(model, head.model_class) and head.matches(model):
+            return head.name
+    raise TypeError(f"no registered head builds {type(model).__name__}")
+
+
+def build_model(config: TransformerConfig, head: str, **head_kwargs: Any) -> AnyModel:
+    """Our model class for a head name."""
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {list(HEADS)}")
+    return HEADS[head].build(config, **head_kwargs)
+
+
+# ----------------------------------------------------------------------------- reshapes
+
+# how -> (ours from theirs, theirs from ours); theirs is a tensor, or a tuple of tensors for joined names
+RESHAPES: dict[str, tuple[Callable[[Any], torch.Tensor], Callable[[torch.Tensor, int], Any]]] = {
+    "copy": (lambda t: t, lambda w, n: w),
+    "qkv": (lambda ts: torch.cat(ts, dim=0), lambda w, n: w.chunk(n, dim=0)),  # separate Q, K, V <-> fused
+    "conv1d": (lambda t: t.t(), lambda w, n: w.t()),  # GPT-2's Conv1D stores (in, out)
+}
+
+
+# ----------------------------------------------------------------------------- adapters
+
+
+class Adapter:
+    """One Hugging Face family. Subclasses fill in the class attributes and the four mappings."""
+
+    model_type: str = ""
+    prefix: str = ""  # the trunk's attribute in HF head models, with the dot: "bert."
+    trunk_names: tuple[str, ...] = ()  # top-level names of the HF trunk's own weights
+    architectures: dict[str, str] = {}  # our head name -> HF class name
+    description: str = ""  # for error messages: "BERT (BertModel, BertForMaskedLM, ...)"
+
+    def exports(self, config: TransformerConfig) -> bool:
+        """Whether a model of ours with this config is exported as this family."""
+        raise NotImplementedError
+
+    def config_to_hf(self, model: AnyModel) -> tuple[dict[str, Any], list[str]]:
+        """(HF config values, problems the HF architecture cannot express)."""
+        raise NotImplementedError
+
+    def config_from_hf(self, hf: dict[str, Any]) -> TransformerConfig:
+        raise NotImplementedError
+
+    def trunk_pairs(self, config: TransformerConfig, has_pooler: bool) -> list[Pair]:
+        raise NotImplementedError
+
+    def head_pairs(self, model: AnyModel, head: str) -> list[Pair]:
+        raise NotImplementedError
+
+    def extra_hf_weights(self, model: AnyModel) -> dict[str, torch.Tensor]:
+        """HF weights with no counterpart in our model (relative to the trunk), e.g. a constant row."""
+        return {}
+
+    def normalise_keys(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Family-specific renames of old checkpoint names."""
+        return state
+
+    # -- derived, shared by every family
+
+    def architecture(self, model: AnyModel) -> str:
+        head = head_name(model)
+        if head not in self.architectures:
+            raise ValueError(
+                f"Hugging Face {self.model_type} has no class for our {head!r} head "
+                f"({type(model).__name__}); it has {sorted(self.architectures.values())}"
+            )
+        return self.architectures[head]
+
+    def head_for(self, architecture: str) -> str | None:
+        return {arch: head for head, arch in self.architectures.items()}.get(architecture)
+
+    def full_table(self, model: AnyModel) -> tuple[list[Pair], list[Pair]]:
+        """(trunk pairs, head pairs) with full names on both sides."""
+        base = isinstance(model, Transformer)
+        trunk_module = model if base else model.transformer
+        trunk = self.trunk_pairs(model.config, trunk_module.pooler is not None)
+        if base:
+            return trunk, []
+        heads = self.head_pairs(model, head_name(model))
+        return [("transformer." + o, _prefix(self.prefix, t), how) for o, t, how in trunk], heads
+
+    def add_prefix(self, state: dict[str, torch.Tensor], model: AnyModel) -> dict[str, torch.Tensor]:
+        """Base-model checkpoints have no trunk prefix while head models do (and vice versa)."""
+        if isinstance(model, Transformer):
+            return {k.removeprefix(self.prefix): v for k, v in state.items()}
+        return {(self.prefix + k if k.startswith(self.trunk_names) else k): v for k, v in state.items()}
+
+
+def _prefix(prefix: str, theirs: Any) -> Any:
+    return tuple(prefix + t for t in theirs) if isinstance(theirs, tuple) else prefix + theirs
+
+
+FAMILIES: dict[str, Adapter] = {}
+
+
+def register_family(adapter: Adapter) -> Adapter:
+    FAMILIES[adapter.model_type] = adapter
+    return adapter
+
+
+def family_of(config: TransformerConfig) -> Adapter:
+    """The adapter that exports a model of ours with this config (the first registered that accepts it)."""
+    for adapter in FAMILIES.values():
+        if adapter.exports(config):
+            return adapter
+    raise ValueError("no Hugging Face family exports this model config")

@@ -1,0 +1,206 @@
+"""The family-independent half of Hugging Face interop: configs, state dicts and files, both ways.
+Everything family-specific comes from the adapter (`family_of` for our models, `FAMILIES[model_type]`
+for Hugging Face checkpoints)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..model import MultipleChoice, SequenceClassifier, TokenClassifier, Transformer, TransformerConfig
+from .base import FAMILIES, HEADS, RESHAPES, Adapter, AnyModel, build_model, family_of, head_name
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def hf_config_dict(model: AnyModel) -> dict[str, Any]:
+    """The Hugging Face config of our model; refuses what the HF architecture cannot express."""
+    cfg = model.config
+    adapter = family_of(cfg)
+    arch = adapter.architecture(model)
+    hf, problems = adapter.config_to_hf(model)
+    if problems:
+        raise ValueError(
+            f"cannot export to Hugging Face {arch}: the model uses "
+            + "; ".join(problems)
+            + ". Train with a config the HF architecture supports, or keep our own checkpoint format."
+        )
+    common: dict[str, Any] = {"architectures": [arch], "vocab_size": cfg.vocab_size, "pad_token_id": cfg.pad_token_id}
+    if cfg.bos_token_id is not None:
+        common["bos_token_id"] = cfg.bos_token_id
+    if cfg.eos_token_id is not None:
+        common["eos_token_id"] = cfg.eos_token_id
+    if isinstance(model, SequenceClassifier):
+        labels = getattr(model, "id2label", None) or {i: f"LABEL_{i}" for i in range(model.num_labels)}
+        common["id2label"] = {int(k): v for k, v in labels.items()}
+        common["label2id"] = {v: int(k) for k, v in labels.items()}
+        common["problem_type"] = "regression" if model.num_labels == 1 else "single_label_classification"
+        if model.symmetric:
+            log.warning(
+                "symmetric classifier exported as %s: Hugging Face runs one order of a pair; our logits are "
+                "its logits of (a, b) plus those of (b, a), minus the classifier bias once",
+                arch,
+            )
+    if isinstance(model, TokenClassifier):
+        labels = getattr(model, "id2label", None) or {i: f"LABEL_{i}" for i in range(model.num_labels)}
+        common["id2label"] = {int(k): v for k, v in labels.items()}
+        common["label2id"] = {v: int(k) for k, v in labels.items()}
+    if isinstance(model, MultipleChoice) and cfg.causal:
+        common["summary_first_dropout"] = cfg.dropout  # GPT-2's other summary_* defaults are our head
+    return {**hf, **common}
+
+
+def hf_adapter(hf: dict[str, Any]) -> Adapter:
+    model_type = hf.get("model_type")
+    if model_type not in FAMILIES:
+        supported = " and ".join(a.description for a in FAMILIES.values())
+        raise ValueError(
+            f"unsupported architecture: model_type={model_type!r} ({hf.get('architectures')}); "
+            f"load_hf supports {supported}"
+        )
+    return FAMILIES[model_type]
+
+
+def config_from_hf(hf: dict[str, Any]) -> TransformerConfig:
+    return hf_adapter(hf).config_from_hf(hf)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def hf_state_dict(model: AnyModel) -> dict[str, torch.Tensor]:
+    """Our weights under Hugging Face names (tied weights once, as HF saves them)."""
+    adapter = family_of(model.config)
+    ours = model.state_dict()
+    trunk, heads = adapter.full_table(model)
+    out: dict[str, torch.Tensor] = {}
+    for o, t, how in trunk + heads:
+        if o not in ours:  # e.g. segment embeddings of a model without segments
+            continue
+        converted = RESHAPES[how][1](ours[o], len(t) if isinstance(t, tuple) else 1)
+        if isinstance(t, tuple):
+            out.update(zip(t, converted, strict=True))
+        else:
+            out[t] = converted
+    prefix = "" if isinstance(model, Transformer) else adapter.prefix
+    out.update({prefix + k: v for k, v in adapter.extra_hf_weights(model).items()})
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+def save_hf(model: AnyModel, out_dir: str | Path, tokenizer: Any = None) -> Path:
+    """Write config.json + model.safetensors (+ tokenizer files) loadable by `transformers` as is."""
+    out = Path(out_dir)
+    config = hf_config_dict(model)  # refuses inexpressible configs before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    from transformers import AutoConfig
+
+    model_type = config.pop("model_type")
+    AutoConfig.for_model(model_type, **config).save_pretrained(out)
+    save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def load_hf(src: Any, head: str | None = None, **head_kwargs: Any) -> AnyModel:
+    """Our model from a Hugging Face checkpoint of a supported family.
+
+    `src`: a checkpoint directory, a hub name (downloaded by huggingface_hub; needs internet) or a
+    built `transformers` model. `head`: one of HEADS; by default the checkpoint's own architecture.
+    Pretraining heads the checkpoint lacks are an error; fine-tuning heads (classification, qa,
+    token_classification, multiple_choice) it lacks are initialised fresh and logged."""
+    hf_config, state = _read_hf(src)
+    adapter = hf_adapter(hf_config)
+    config = adapter.config_from_hf(hf_config)
+    arch = (hf_config.get("architectures") or [adapter.architectures["base"]])[0]
+    head = head or adapter.head_for(arch)
+    if head is None:
+        raise ValueError(f"unsupported architecture {arch!r}; pass head= one of {list(HEADS)}")
+    if head in ("classification", "token_classification") and "num_labels" not in head_kwargs:
+        head_kwargs["num_labels"] = len(hf_config.get("id2label") or {0: 0, 1: 1})
+    model = build_model(config, head, **head_kwargs)
+    if head in ("classification", "token_classification") and hf_config.get("id2label"):
+        model.id2label = {int(k): v for k, v in hf_config["id2label"].items()}
+    load_hf_state_dict(model, state, source=str(src) if not hasattr(src, "config") else type(src).__name__)
+    return model
+
+
+def load_hf_state_dict(model: AnyModel, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    adapter = family_of(model.config)
+    state = adapter.add_prefix(adapter.normalise_keys(state), model)
+    trunk, heads = adapter.full_table(model)
+    ours: dict[str, torch.Tensor] = {}
+    missing = []
+    for o, t, how in trunk + heads:
+        names = t if isinstance(t, tuple) else (t,)
+        if not all(n in state for n in names):
+            missing.append(o)
+            continue
+        ours[o] = RESHAPES[how][0](tuple(state[n] for n in names) if isinstance(t, tuple) else state[t])
+    # the trunk (but an unused pooler) and a task's pretrained head must come from the checkpoint
+    required_prefixes = HEADS[head_name(model)].required
+    trunk_names = {o for o, _, _ in trunk}
+    pooler = ("pooler.weight", "pooler.bias")
+    required = [o for o in missing if (o in trunk_names and not o.endswith(pooler)) or o.startswith(required_prefixes)]
+    if required:
+        raise ValueError(
+            f"{source} has no weights for {required[:6]}{' ...' if len(required) > 6 else ''}: "
+            f"it lacks the head that {type(model).__name__} needs. Load it with head='base', or with a "
+            "fine-tuning head (classification, qa) whose fresh weights are initialised."
+        )
+    fresh = [o for o in missing if o not in required]
+    if fresh:
+        log.warning("%s: newly initialised (not in the checkpoint): %s", source, fresh)
+    result = model.load_state_dict(ours, strict=False)
+    leftover = [k for k in result.missing_keys if k not in fresh and not _is_tied(model, k)]
+    if leftover or result.unexpected_keys:
+        raise RuntimeError(f"internal mapping error: missing {leftover}, unexpected {result.unexpected_keys}")
+
+
+def _is_tied(model: torch.nn.Module, key: str) -> bool:
+    return key.endswith(("mlm_head.decoder.weight", "lm_head.weight")) and model.config.tie_embeddings
+
+
+def _read_hf(src: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    if hasattr(src, "config") and hasattr(src, "state_dict"):  # a built transformers model
+        config = src.config.to_dict()
+        config["architectures"] = [type(src).__name__]  # what it is, whatever its config says
+        return config, {k: v.detach() for k, v in src.state_dict().items()}
+    path = Path(src)
+    if not path.is_dir():
+        if path.exists() or str(src).startswith((".", "/")):
+            raise FileNotFoundError(f"{src}: not a Hugging Face checkpoint directory")
+        from huggingface_hub import snapshot_download  # a hub name: needs internet
+
+        path = Path(
+            snapshot_download(str(src), allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"])
+        )
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path} has no config.json; is it a Hugging Face checkpoint directory?")
+    return json.loads(config_file.read_text()), read_weights(path)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """All weights of a checkpoint directory: safetensors (single or sharded), else .bin loaded
+    with weights_only=True so no arbitrary object is unpickled."""
+    index = path / "model.safetensors.index.json"
+    if (path / "model.safetensors").exists():
+        return load_file(str(path / "model.safetensors"))
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(str(path / shard)).items()}
+    if (path / "pytorch_model.bin").exists():
+        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{path} has no model.safetensors or pytorch_model.bin")
