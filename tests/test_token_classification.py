@@ -259,18 +259,19 @@ def test_tiny_bert_learns_to_tag_and_the_pipeline_agrees(tmp_path, bert_tokenize
 
     from transformers import pipeline
 
-    sentences = [s.split() for s in (out / "predictions.conll").read_text().split("\n\n")]
     tag = pipeline("token-classification", model=str(out / "export"), aggregation_strategy="first", device="cpu")
-    for block in (out / "predictions.conll").read_text().strip().split("\n\n")[:20]:
+    compared = 0
+    for block in (out / "predictions.conll").read_text().strip().split("\n\n"):
         rows = [line.split() for line in block.splitlines()]
         words, predicted = [r[0] for r in rows], [r[-1] for r in rows]
-        if len(bert_tokenizer(" ".join(words))["input_ids"]) > 64:
-            continue  # the pipeline does not window
+        if len(bert_tokenizer(" ".join(words))["input_ids"]) > cfg.data.max_length:
+            continue  # the pipeline does not window: compare sentences that fit in one window
+        compared += 1
         starts = [sum(len(w) + 1 for w in words[:i]) for i in range(len(words))]
         ours = [(kind, starts[a], starts[b - 1] + len(words[b - 1])) for kind, a, b in conlleval.chunks(predicted)]
         theirs = [(e["entity_group"], e["start"], e["end"]) for e in tag(" ".join(words))]
         assert theirs == ours
-    assert sentences
+    assert compared >= 10
 
 
 @pytest.mark.slow
