@@ -315,3 +315,55 @@ def test_conll_files_read_as_published(shared_data):
     assert {t[2:] for s in esp for t in s.tags if t != "O"} == {"PER", "LOC", "ORG", "MISC"}
     gold = [s.tags for s in test]
     assert conlleval.evaluate(gold, gold)["f1"] == 1.0
+
+
+def test_token_classification_resumes_exactly(tmp_path, bert_tokenizer, monkeypatch):
+    """The shared loop's checkpoints serve the new task: killed after step 3, resumed, equal to uninterrupted."""
+    from safetensors.torch import load_file
+
+    import finetune.run as run_module
+
+    init = tmp_path / "init"
+    save_model_dir(BertPretraining(tiny_config(vocab_size=len(bert_tokenizer), max_positions=64)), init)
+    bert_tokenizer.save_pretrained(str(init))
+    train = write_conll(tmp_path / "train.txt", tagged_sentences(40, 0))
+    dev = write_conll(tmp_path / "dev.txt", tagged_sentences(8, 1))
+
+    def config(name):
+        return FinetuneConfig(
+            task="token_classification",
+            model=FinetuneModelConfig(init=str(init)),
+            data=FinetuneDataConfig(train=str(train), validation=str(dev), max_length=32),
+            train=TrainConfig(
+                max_steps=6, batch_size=4, lr=1e-3, warmup_steps=1, save_every=3, eval_every=0, log_every=1,
+                output_dir=str(tmp_path / name), tensorboard=False, plot=False, export=False,
+            ),
+            eval_per_epoch=False,
+        )  # fmt: skip
+
+    full = config("full")
+    run_finetune(full)
+    killed = config("killed")
+    real_train, calls = run_module.train, {"n": 0}
+
+    def train_then_die(task, *args, **kwargs):
+        collate = task.collate
+
+        def dying_collate(examples):
+            calls["n"] += 1
+            if calls["n"] == 5:  # step 5, after the step-3 checkpoint
+                raise KeyboardInterrupt("killed")
+            return collate(examples)
+
+        task.collate = dying_collate
+        return real_train(task, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "train", train_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(killed)
+    monkeypatch.setattr(run_module, "train", real_train)
+    killed.train.resume = "auto"
+    run_finetune(killed)
+    a = load_file(str(tmp_path / "full/checkpoints/step-00000006/model.safetensors"))
+    b = load_file(str(tmp_path / "killed/checkpoints/step-00000006/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
