@@ -179,21 +179,30 @@ def encode_labels(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, labels: l
 # ----------------------------------------------------------------------------- model
 
 
-def load_classifier(init: str, num_labels: int, lm_loss_weight: float, labels: list[str], pad_token_id: int | None):
+def load_classifier(
+    init: str,
+    num_labels: int,
+    lm_loss_weight: float,
+    labels: list[str],
+    pad_token_id: int | None,
+    symmetric: bool = False,
+):
     """A sequence classifier from model.init. A classifier checkpoint with the same number of labels
     keeps its trained head; one with another number (an MNLI model moved to RTE) gets a fresh head,
     logged; any other checkpoint gets a fresh head on its trunk. A GPT without a pad token gets the
-    tokenizer's, so its export classifies batches (GPT2ForSequenceClassification needs one)."""
-    from pretrain.checkpoint import load_pretrained
+    tokenizer's, so its export classifies batches (GPT2ForSequenceClassification needs one). `symmetric`:
+    the GPT paper's similarity head (both orders of a pair, their features added)."""
     from pretrain.model import SequenceClassifier
+    from pretrain.train.checkpoints import load_pretrained
 
     model = load_pretrained(init)
     if isinstance(model, SequenceClassifier):
         if model.num_labels == num_labels:
             log.info("model.init=%s: keeping its trained classifier (%d labels)", init, num_labels)
             model.lm_loss_weight = lm_loss_weight
+            model.symmetric = symmetric
             if model.config.causal and lm_loss_weight and not hasattr(model, "lm_head"):
-                model = _reheaded(model, num_labels, lm_loss_weight, keep_classifier=True)
+                model = _reheaded(model, num_labels, lm_loss_weight, keep_classifier=True, symmetric=symmetric)
         else:
             log.warning(
                 "model.init=%s has a classifier for %d labels; the data has %d: the classifier is re-initialised",
@@ -201,19 +210,26 @@ def load_classifier(init: str, num_labels: int, lm_loss_weight: float, labels: l
                 model.num_labels,
                 num_labels,
             )
-            model = _reheaded(model, num_labels, lm_loss_weight, keep_classifier=False)
+            model = _reheaded(model, num_labels, lm_loss_weight, keep_classifier=False, symmetric=symmetric)
     else:
-        model = load_pretrained(init, head="classification", num_labels=num_labels, lm_loss_weight=lm_loss_weight)
+        model = load_pretrained(
+            init,
+            head="classification",
+            num_labels=num_labels,
+            lm_loss_weight=lm_loss_weight,
+            **({"symmetric": True} if symmetric else {}),
+        )
     if model.config.causal and model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     model.id2label = dict(enumerate(labels))
     return model
 
 
-def _reheaded(model: Any, num_labels: int, lm_loss_weight: float, keep_classifier: bool) -> Any:
+def _reheaded(model: Any, num_labels: int, lm_loss_weight: float, keep_classifier: bool, symmetric: bool) -> Any:
     from pretrain.interop import build_model
 
-    target = build_model(model.config, "classification", num_labels=num_labels, lm_loss_weight=lm_loss_weight)
+    extra = {"symmetric": True} if symmetric else {}
+    target = build_model(model.config, "classification", num_labels=num_labels, lm_loss_weight=lm_loss_weight, **extra)
     target.transformer.load_state_dict(model.transformer.state_dict())
     if keep_classifier:
         target.classifier.load_state_dict(model.classifier.state_dict())

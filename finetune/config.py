@@ -45,11 +45,19 @@ class FinetuneDataConfig:
     null_score_threshold: float = 0.0  # qa v2: predict no answer when null - best span score > threshold
     max_train_examples: int | None = None  # cap, for CPU budgets
     max_eval_examples: int | None = None
+    symmetric: bool = False  # classification of pairs, GPT-paper similarity: both orders, representations added
+    tags_column: str = "tags"  # token_classification, JSON lines / hub: the column of tags (conll2003: ner_tags)
+    conll_column: int = -1  # token_classification, CoNLL text files: the column of the tag (-1: the last)
+    label_all_subwords: bool = False  # token_classification: train every sub-word of a word, not only its first
+    context_column: str = "context"  # multiple_choice
+    question_column: str | None = None  # multiple_choice: put before every choice (SWAG's sent2)
+    choices_column: str | None = "choices"  # multiple_choice: a column holding the list of choices
+    choice_columns: list[str] | None = None  # multiple_choice: one column per choice (SWAG ending0..3, PIQA sol1/2)
 
 
 @dataclass
 class FinetuneConfig:
-    task: Literal["classification", "qa"] = "classification"
+    task: Literal["classification", "qa", "token_classification", "multiple_choice"] = "classification"
     model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -98,6 +106,8 @@ class FinetuneConfig:
             if path is not None and not Path(path).expanduser().is_file():
                 what = "a directory, not a file" if Path(path).expanduser().is_dir() else "does not exist"
                 raise ConfigError(f"{key}={path}: {what}; give a data file (.tsv, .csv, .json, .jsonl)")
+        if d.symmetric and (self.task != "classification" or not d.text_pair_column):
+            raise ConfigError("data.symmetric=true needs task=classification with pairs (data.text_pair_column)")
         if self.task == "qa" and d.doc_stride >= d.max_length - d.max_query_length - 3:
             raise ConfigError(
                 f"data.doc_stride={d.doc_stride} leaves no room for new context in a window of data.max_length="

@@ -20,7 +20,9 @@ from pretrain.train import Task, make_accelerator, prepare_output_dir, train
 from pretrain.train.checkpoints import load_pretrained, resolve_run_dir, save_model_dir
 
 from . import classification as cls
-from . import qa
+from . import conlleval, qa
+from . import multiple_choice as mc
+from . import token_classification as tc
 from .config import FinetuneConfig
 from .squad_metric import squad_scores
 
@@ -126,7 +128,13 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
             f"model.tokenizer={cfg.model.tokenizer} is not the tokenizer model.init={cfg.model.init} was trained with "
             f"({saved}): their vocabularies differ in content; remove model.tokenizer to use the model's own"
         )
-    builder = _classification if cfg.task == "classification" else _qa
+    builders = {
+        "classification": _classification,
+        "qa": _qa,
+        "token_classification": _token_classification,
+        "multiple_choice": _multiple_choice,
+    }
+    builder = builders[cfg.task]
     set_seed(cfg.seed)
     task, final_eval, metric = builder(cfg, tokenizer, accelerator)
     if len(tokenizer) > task.model.config.vocab_size:
@@ -199,16 +207,24 @@ def _classification(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any):
     num_labels = 1 if d.regression else len(labels)
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    model = cls.load_classifier(cfg.model.init, num_labels, cfg.model.lm_loss_weight, labels, pad)
+    model = cls.load_classifier(cfg.model.init, num_labels, cfg.model.lm_loss_weight, labels, pad, d.symmetric)
     causal = model.config.causal
     features = []
     for split, rows in (("train", train_rows), ("validation", val_rows)):
-        enc = cls.encode_texts(tokenizer, rows, d, causal)
         where = {"train": train_file, "validation": validation_file}[split] or f"the {split} split"
         targets = cls.encode_labels(rows, d, labels, where)
+        if d.symmetric:  # GPT-paper similarity: each pair in both orders, (batch, 2, length)
+            a, b = [str(r[d.text_column]) for r in rows], [str(r[d.text_pair_column]) for r in rows]
+            ab, ba = (mc.encode_pairs(tokenizer, x, y, d.max_length, causal) for x, y in ((a, b), (b, a)))
+            features.append([{"choices": [x, y], "labels": t} for x, y, t in zip(ab, ba, targets, strict=True)])
+            continue
+        enc = cls.encode_texts(tokenizer, rows, d, causal)
         features.append([{**{k: v[i] for k, v in enc.items()}, "labels": targets[i]} for i in range(len(rows))])
     train_features, val_features = features
-    collate = cls.ClassificationCollator(pad, d.regression)
+    if d.symmetric:
+        collate = mc.ChoicesCollator(pad, torch.float if d.regression else torch.long)
+    else:
+        collate = cls.ClassificationCollator(pad, d.regression)
     batch_size = cfg.train.batch_size
 
     def logits_of(out: Any, batch: dict) -> list[np.ndarray]:
@@ -307,3 +323,108 @@ def _qa(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any):
         tokenizer=tokenizer,
     )
     return task, final_eval, "f1"
+
+
+# ----------------------------------------------------------------------------- token classification
+
+
+def _token_classification(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any):
+    d = cfg.data
+    train_file, validation_file = cfg.files()
+    train_sentences, hub_names = tc.load_sentences(d, train_file, d.train_split)
+    if validation_file or (not train_file and d.holdout_fraction == 0):
+        val_sentences, _ = tc.load_sentences(d, validation_file, d.validation_split)
+    else:
+        if d.holdout_fraction == 0:
+            raise ConfigError("no validation data: give data.validation=<file> or data.holdout_fraction=0.1")
+        train_sentences, val_sentences = _holdout(train_sentences, d.holdout_fraction, cfg.seed)
+    train_sentences = _subset(train_sentences, d.max_train_examples, cfg.seed)
+    val_sentences = _subset(val_sentences, d.max_eval_examples, None)
+    labels = tc.tag_vocabulary(train_sentences, d, hub_names, val_sentences)
+    tc.check_tags(train_sentences, labels, train_file or d.train_split)
+    tc.check_tags(val_sentences, labels, validation_file or d.validation_split)
+
+    model = load_pretrained(cfg.model.init, head="token_classification", num_labels=len(labels))
+    model.id2label = dict(enumerate(labels))
+    causal = model.config.causal
+    train_features = tc.windows(tokenizer, train_sentences, labels, d, causal)
+    val_features = tc.windows(tokenizer, val_sentences, labels, d, causal)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collate = tc.TokenCollator(pad)
+    gold = [s.tags for s in val_sentences]
+    batch_size = cfg.train.batch_size
+
+    def argmax_of(out: Any, batch: dict) -> list[np.ndarray]:
+        lengths = batch["attention_mask"].sum(-1).tolist()
+        best = out.logits.argmax(-1).cpu().numpy()
+        return [best[i, :n] for i, n in enumerate(lengths)]
+
+    def evaluate_all(m: Any, acc: Any) -> tuple[dict[str, float], list[list[str]]]:
+        best = predict(m, acc, val_features, collate, batch_size, argmax_of)
+        predicted = tc.assemble(val_sentences, val_features, best, labels)
+        return conlleval.evaluate(gold, predicted), predicted
+
+    evaluation = Evaluation(evaluate_all)
+
+    def final_eval(m: Any, acc: Any):
+        metrics, predicted = evaluation.final(m, acc)
+        return metrics, ("predictions.conll", tc.conll_text(val_sentences, predicted))
+
+    task = Task(model=model, train_data=train_features, collate=collate, evaluate=evaluation, tokenizer=tokenizer)
+    return task, final_eval, "f1"
+
+
+# ----------------------------------------------------------------------------- multiple choice
+
+
+def _multiple_choice(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any):
+    d = cfg.data
+    mc.check_config(d)
+    train_file, validation_file = cfg.files()
+    train_examples = mc.load_examples(d, train_file, d.train_split)
+    if validation_file or (not train_file and d.holdout_fraction == 0):
+        val_examples = mc.load_examples(d, validation_file, d.validation_split)
+    else:
+        if d.holdout_fraction == 0:
+            raise ConfigError("no validation data: give data.validation=<file> or data.holdout_fraction=0.1")
+        train_examples, val_examples = _holdout(train_examples, d.holdout_fraction, cfg.seed)
+    train_examples = _subset(train_examples, d.max_train_examples, cfg.seed)
+    val_examples = _subset(val_examples, d.max_eval_examples, None)
+
+    model = load_pretrained(cfg.model.init, head="multiple_choice", lm_loss_weight=cfg.model.lm_loss_weight)
+    causal = model.config.causal
+    train_features = mc.features(tokenizer, train_examples, d.max_length, causal)
+    val_features = mc.features(tokenizer, val_examples, d.max_length, causal)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collate = mc.ChoicesCollator(pad)
+    gold = np.array([ex.label for ex in val_examples])
+    batch_size = cfg.train.batch_size
+
+    def scores_of(out: Any, batch: dict) -> list[np.ndarray]:
+        return list(out.logits.float().cpu().numpy())
+
+    def evaluate_all(m: Any, acc: Any) -> tuple[dict[str, float], np.ndarray]:
+        scores = np.stack(predict(m, acc, val_features, collate, batch_size, scores_of))
+        return mc.accuracy(scores, gold), scores
+
+    evaluation = Evaluation(evaluate_all)
+
+    def final_eval(m: Any, acc: Any):
+        metrics, scores = evaluation.final(m, acc)
+        lines = [
+            json.dumps(
+                {
+                    "index": i,
+                    "prediction": int(row.argmax()),
+                    "label": ex.label,
+                    "scores": [round(float(x), 6) for x in row],
+                    "context": ex.context,
+                    "choices": ex.choices,
+                }
+            )
+            for i, (row, ex) in enumerate(zip(scores, val_examples, strict=True))
+        ]
+        return metrics, ("predictions.jsonl", "\n".join(lines) + "\n")
+
+    task = Task(model=model, train_data=train_features, collate=collate, evaluate=evaluation, tokenizer=tokenizer)
+    return task, final_eval, "accuracy"

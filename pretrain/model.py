@@ -698,14 +698,20 @@ def _pick_next_token(logits, do_sample, temperature, top_k, top_p, generator) ->
 
 class SequenceClassifier(PretrainedModel):
     """BERT reads the pooled [CLS]; GPT reads the last non-padding token and may add the LM loss
-    as an auxiliary objective (weight `lm_loss_weight`, 0.5 in the GPT paper). `num_labels=1` is regression."""
+    as an auxiliary objective (weight `lm_loss_weight`, 0.5 in the GPT paper). `num_labels=1` is regression.
 
-    def __init__(self, config: TransformerConfig, num_labels: int, lm_loss_weight: float = 0.0):
+    `symmetric=True` is the GPT paper's similarity: inputs are (batch, 2, length), the pair in both
+    orders; each order is run on its own and the two final representations are added before the head."""
+
+    def __init__(
+        self, config: TransformerConfig, num_labels: int, lm_loss_weight: float = 0.0, symmetric: bool = False
+    ):
         super().__init__(config, pooler=not config.causal and not config.head_transform)
         if num_labels < 1:
             raise ValueError("num_labels must be >= 1 (1 = regression)")
         self.num_labels = num_labels
         self.lm_loss_weight = lm_loss_weight
+        self.symmetric = symmetric
         self.dropout = nn.Dropout(config.dropout)
         self.head = HeadTransform(config) if config.head_transform and not config.causal else None
         # GPT-2's HF head has no bias; keep ours exportable
@@ -723,6 +729,14 @@ class SequenceClassifier(PretrainedModel):
         labels: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> ModelOutput:
+        if self.symmetric:  # (B, 2, T) -> (2B, T): both orders in one forward pass
+            if input_ids.dim() != 3 or input_ids.size(1) != 2:
+                raise ValueError(
+                    f"a symmetric classifier takes (batch, 2, length) inputs, not {tuple(input_ids.shape)}"
+                )
+            input_ids, attention_mask, token_type_ids = (
+                x.flatten(0, 1) if x is not None else None for x in (input_ids, attention_mask, token_type_ids)
+            )
         position_ids = None
         if self.config.causal and attention_mask is not None:  # left padding: count positions from the first token
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -747,6 +761,8 @@ class SequenceClassifier(PretrainedModel):
             features = self.head(h)
         else:
             features = out.pooler_output
+        if self.symmetric:
+            features = features.view(-1, 2, features.size(-1)).sum(dim=1)
         out.logits = self.classifier(self.dropout(features))
         if labels is not None:
             if self.num_labels == 1:
@@ -773,7 +789,7 @@ class SequenceClassifier(PretrainedModel):
         if self.lm_loss_weight and self.config.causal:
             mask = batch.get("attention_mask")
             counts["lm_aux"] = (
-                mask[:, 1:].sum() if mask is not None else torch.tensor(batch["input_ids"][:, 1:].numel())
+                mask[..., 1:].sum() if mask is not None else torch.tensor(batch["input_ids"][..., 1:].numel())
             )
         return counts
 
@@ -812,3 +828,99 @@ class SpanQA(PretrainedModel):
     @staticmethod
     def loss_counts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"span": (batch["start_positions"] != IGNORE_INDEX).sum()} if "start_positions" in batch else {}
+
+
+def last_token_features(h: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, H) -> (B, H) at the rightmost attended position (GPT's classification token)."""
+    if attention_mask is None:
+        return h[:, -1]
+    positions = torch.arange(h.size(1), device=h.device)
+    last = (positions * attention_mask.long()).argmax(dim=-1)
+    return h[torch.arange(h.size(0), device=h.device), last]
+
+
+class TokenClassifier(PretrainedModel):
+    """A label for every token (chunking, named entities): dropout and a linear layer on each final
+    hidden state, cross-entropy on the labelled positions (the rest carry IGNORE_INDEX)."""
+
+    def __init__(self, config: TransformerConfig, num_labels: int):
+        super().__init__(config)
+        if num_labels < 2:
+            raise ValueError("num_labels must be >= 2 for token classification")
+        self.num_labels = num_labels
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self._init_heads(self.classifier)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        out = self.transformer(input_ids, attention_mask, token_type_ids, output_attentions=output_attentions)
+        out.logits = self.classifier(self.dropout(out.last_hidden_state))
+        if labels is not None:
+            out.loss_terms["tokens"] = _ce_term(out.logits.view(-1, self.num_labels), labels.reshape(-1))
+        out.loss = _terms_to_loss(out.loss_terms)
+        return out
+
+    @staticmethod
+    def loss_counts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"tokens": (batch["labels"] != IGNORE_INDEX).sum()} if "labels" in batch else {}
+
+
+class MultipleChoice(PretrainedModel):
+    """One score per `context + choice` sequence, a softmax across the choices of an example, and
+    cross-entropy on the right one. Inputs are (batch, choices, length). BERT scores the pooled [CLS];
+    GPT the last non-padding token, optionally with the auxiliary LM loss on every choice."""
+
+    def __init__(self, config: TransformerConfig, lm_loss_weight: float = 0.0):
+        super().__init__(config, pooler=not config.causal)
+        self.lm_loss_weight = lm_loss_weight
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self._init_heads(self.classifier)
+        if config.causal and lm_loss_weight:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head.weight = self.transformer.embeddings.word.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        if input_ids.dim() != 3:
+            raise ValueError(f"input_ids must be (batch, choices, length), got shape {tuple(input_ids.shape)}")
+        batch, choices, length = input_ids.shape
+        flat = [x.reshape(batch * choices, length) if x is not None else None for x in (attention_mask, token_type_ids)]
+        ids = input_ids.reshape(batch * choices, length)
+        out = self.transformer(ids, flat[0], flat[1], output_attentions=output_attentions)
+        if self.config.causal:
+            features = last_token_features(out.last_hidden_state, flat[0])
+        else:
+            features = out.pooler_output
+        out.logits = self.classifier(self.dropout(features)).view(batch, choices)
+        if labels is not None:
+            out.loss_terms["choice"] = _ce_term(out.logits, labels)
+            if self.lm_loss_weight and self.config.causal:
+                lm_labels = ids.masked_fill(flat[0] == 0, IGNORE_INDEX) if flat[0] is not None else ids
+                total, count = lm_loss_term(self.lm_head(out.last_hidden_state), lm_labels)
+                out.loss_terms["lm_aux"] = (total * self.lm_loss_weight, count)
+        out.loss = _terms_to_loss(out.loss_terms)
+        return out
+
+    def loss_counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if "labels" not in batch:
+            return {}
+        counts = {"choice": (batch["labels"] != IGNORE_INDEX).sum()}
+        if self.lm_loss_weight and self.config.causal:
+            mask = batch.get("attention_mask")
+            ids = batch["input_ids"]
+            counts["lm_aux"] = mask[..., 1:].sum() if mask is not None else torch.tensor(ids[..., 1:].numel())
+        return counts

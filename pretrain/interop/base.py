@@ -20,9 +20,11 @@ import torch.nn as nn
 from ..model import (
     BertPretraining,
     CausalLM,
+    MultipleChoice,
     PretrainedModel,
     SequenceClassifier,
     SpanQA,
+    TokenClassifier,
     Transformer,
     TransformerConfig,
 )
@@ -81,6 +83,8 @@ register_head(
 register_head(Head("causal_lm", CausalLM, CausalLM, required=("lm_head.",)))
 register_head(Head("classification", SequenceClassifier, SequenceClassifier))
 register_head(Head("qa", SpanQA, SpanQA))
+register_head(Head("token_classification", TokenClassifier, TokenClassifier))
+register_head(Head("multiple_choice", MultipleChoice, MultipleChoice))
 
 
 def head_name(model: AnyModel) -> str:

@@ -37,6 +37,8 @@ class BertAdapter(Adapter):
         "mlm": "BertForMaskedLM",
         "classification": "BertForSequenceClassification",
         "qa": "BertForQuestionAnswering",
+        "token_classification": "BertForTokenClassification",
+        "multiple_choice": "BertForMultipleChoice",
     }
     description = "BERT (BertModel, BertForPreTraining, BertForMaskedLM, ...)"
 
@@ -128,7 +130,7 @@ class BertAdapter(Adapter):
                     ("nsp_head.bias", "cls.seq_relationship.bias", "copy"),
                 ]
             return pairs
-        if head == "classification":
+        if head in ("classification", "token_classification", "multiple_choice"):
             return [("classifier.weight", "classifier.weight", "copy"), ("classifier.bias", "classifier.bias", "copy")]
         if head == "qa":
             return [("qa_outputs.weight", "qa_outputs.weight", "copy"), ("qa_outputs.bias", "qa_outputs.bias", "copy")]

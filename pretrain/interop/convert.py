@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..model import SequenceClassifier, Transformer, TransformerConfig
+from ..model import MultipleChoice, SequenceClassifier, TokenClassifier, Transformer, TransformerConfig
 from .base import FAMILIES, HEADS, Adapter, AnyModel, build_model, family_of, head_name, hf_from_ours, ours_from_hf
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,18 @@ def hf_config_dict(model: AnyModel) -> dict[str, Any]:
         common["id2label"] = {int(k): v for k, v in labels.items()}
         common["label2id"] = {v: int(k) for k, v in labels.items()}
         common["problem_type"] = "regression" if model.num_labels == 1 else "single_label_classification"
+        if model.symmetric:
+            log.warning(
+                "symmetric classifier exported as %s: Hugging Face runs one order of a pair; our logits are "
+                "its logits of (a, b) plus those of (b, a), minus the classifier bias once",
+                arch,
+            )
+    if isinstance(model, TokenClassifier):
+        labels = getattr(model, "id2label", None) or {i: f"LABEL_{i}" for i in range(model.num_labels)}
+        common["id2label"] = {int(k): v for k, v in labels.items()}
+        common["label2id"] = {v: int(k) for k, v in labels.items()}
+    if isinstance(model, MultipleChoice) and cfg.causal:
+        common["summary_first_dropout"] = cfg.dropout  # GPT-2's other summary_* defaults are our head
     return {**hf, **common}
 
 
@@ -106,8 +118,8 @@ def load_hf(src: Any, head: str | None = None, **head_kwargs: Any) -> AnyModel:
 
     `src`: a checkpoint directory, a hub name (downloaded by huggingface_hub; needs internet) or a
     built `transformers` model. `head`: one of HEADS; by default the checkpoint's own architecture.
-    Pretraining heads the checkpoint lacks are an error; fine-tuning heads (classification, qa) it
-    lacks are initialised fresh and logged."""
+    Pretraining heads the checkpoint lacks are an error; fine-tuning heads (classification, qa,
+    token_classification, multiple_choice) it lacks are initialised fresh and logged."""
     hf_config, state = _read_hf(src)
     adapter = hf_adapter(hf_config)
     config = adapter.config_from_hf(hf_config)
@@ -115,10 +127,10 @@ def load_hf(src: Any, head: str | None = None, **head_kwargs: Any) -> AnyModel:
     head = head or adapter.head_for(arch)
     if head is None:
         raise ValueError(f"unsupported architecture {arch!r}; pass head= one of {list(HEADS)}")
-    if head == "classification" and "num_labels" not in head_kwargs:
+    if head in ("classification", "token_classification") and "num_labels" not in head_kwargs:
         head_kwargs["num_labels"] = len(hf_config.get("id2label") or {0: 0, 1: 1})
     model = build_model(config, head, **head_kwargs)
-    if head == "classification" and hf_config.get("id2label"):
+    if head in ("classification", "token_classification") and hf_config.get("id2label"):
         model.id2label = {int(k): v for k, v in hf_config["id2label"].items()}
     load_hf_state_dict(model, state, source=str(src) if not hasattr(src, "config") else type(src).__name__)
     return model

@@ -21,6 +21,10 @@ class GPT2Adapter(Adapter):
         "causal_lm": "GPT2LMHeadModel",
         "classification": "GPT2ForSequenceClassification",
         "qa": "GPT2ForQuestionAnswering",
+        "token_classification": "GPT2ForTokenClassification",
+        # GPT2DoubleHeadsModel's multiple-choice summary is our head read at the token passed as
+        # mc_token_ids (give it the last non-padding position); its LM head is tied to the embeddings
+        "multiple_choice": "GPT2DoubleHeadsModel",
     }
     description = "GPT-2 (GPT2Model, GPT2LMHeadModel, ...)"
 
@@ -115,6 +119,13 @@ class GPT2Adapter(Adapter):
             return [("classifier.weight", "score.weight", "copy")]
         if head == "qa":
             return [("qa_outputs.weight", "qa_outputs.weight", "copy"), ("qa_outputs.bias", "qa_outputs.bias", "copy")]
+        if head == "token_classification":
+            return [("classifier.weight", "classifier.weight", "copy"), ("classifier.bias", "classifier.bias", "copy")]
+        if head == "multiple_choice":
+            return [
+                ("classifier.weight", "multiple_choice_head.summary.weight", "copy"),
+                ("classifier.bias", "multiple_choice_head.summary.bias", "copy"),
+            ]
         return []
 
 

@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..interop import build_model, head_name, load_hf
-from ..model import PretrainedModel, SequenceClassifier, Transformer, TransformerConfig
+from ..model import MultipleChoice, PretrainedModel, SequenceClassifier, TokenClassifier, Transformer, TransformerConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,13 @@ def model_meta(model: PretrainedModel | Transformer) -> dict[str, Any]:
     meta: dict[str, Any] = {"config": model.config.to_dict(), "head": head_name(model), "head_kwargs": {}}
     if isinstance(model, SequenceClassifier):
         meta["head_kwargs"] = {"num_labels": model.num_labels, "lm_loss_weight": model.lm_loss_weight}
+        if model.symmetric:
+            meta["head_kwargs"]["symmetric"] = True
+    if isinstance(model, TokenClassifier):
+        meta["head_kwargs"] = {"num_labels": model.num_labels}
+    if isinstance(model, MultipleChoice):
+        meta["head_kwargs"] = {"lm_loss_weight": model.lm_loss_weight}
+    if isinstance(model, (SequenceClassifier, TokenClassifier)):
         if getattr(model, "id2label", None):
             meta["id2label"] = {str(k): v for k, v in model.id2label.items()}
     return meta

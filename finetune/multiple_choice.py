@@ -1,0 +1,140 @@
+"""Multiple choice (SWAG, HellaSwag, PIQA, your own JSON lines): a context with N choices; each
+`context + choice` is scored to one number, a softmax across the choices, cross-entropy on the right
+one. BERT reads `[CLS] context [SEP] choice [SEP]` at [CLS]; GPT reads `context <eos> choice` at its
+last token. The same (batch, choices, length) layout carries GPT-paper similarity: a pair in both orders."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretrain.config import ConfigError
+from pretrain.data import pad_to_tensor
+
+from .config import FinetuneDataConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChoiceExample:
+    context: str
+    choices: list[str]  # each with the question (data.question_column) in front, when there is one
+    label: int
+
+
+def _label_index(value: Any, choices: list[str]) -> int | None:
+    """A label is a choice's index (an int or a numeric string: HellaSwag stores "0".."3") or its text."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
+        index = int(value)
+        return index if 0 <= index < len(choices) else None
+    return choices.index(value) if isinstance(value, str) and value in choices else None
+
+
+def examples_from_rows(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, where: str) -> list[ChoiceExample]:
+    if not rows:
+        raise ValueError(f"{where} has no examples")
+    examples: list[ChoiceExample] = []
+    for number, row in enumerate(rows, start=1):
+        needed = [cfg.context_column, cfg.label_column] + (cfg.choice_columns or [cfg.choices_column or "choices"])
+        needed += [cfg.question_column] if cfg.question_column else []
+        missing = [c for c in needed if c not in row]
+        if missing:
+            raise ValueError(
+                f"{where}, row {number}: no column {missing[0]!r} (columns: {sorted(row)}); set data.context_column, "
+                "data.question_column, data.choices_column / data.choice_columns or data.label_column"
+            )
+        if cfg.choice_columns:
+            choices = [str(row[c]) for c in cfg.choice_columns]
+        else:
+            value = row[cfg.choices_column]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{where}, row {number}: {cfg.choices_column!r} is not a list of choices")
+            choices = [str(c) for c in value]
+        if cfg.question_column:
+            question = str(row[cfg.question_column])
+            choices = [f"{question} {c}".strip() for c in choices]
+        if examples and len(choices) != len(examples[0].choices):
+            raise ValueError(
+                f"{where}, row {number}: {len(choices)} choices where row 1 has {len(examples[0].choices)}; "
+                "every example needs the same number of choices"
+            )
+        if len(choices) < 2:
+            raise ValueError(f"{where}, row {number}: {len(choices)} choice(s); multiple choice needs at least 2")
+        label = _label_index(row[cfg.label_column], choices)
+        if label is None:
+            raise ValueError(
+                f"{where}, row {number}: label {row[cfg.label_column]!r} is outside the choices "
+                f"(an index 0..{len(choices) - 1} or one of the choices' texts)"
+            )
+        examples.append(ChoiceExample(str(row[cfg.context_column]), choices, label))
+    return examples
+
+
+def load_examples(cfg: FinetuneDataConfig, path: str | None, split: str) -> list[ChoiceExample]:
+    if path is not None:
+        from .classification import read_rows
+
+        return examples_from_rows(read_rows(path), cfg, path)
+    import datasets  # a hub dataset by name: needs internet
+
+    return examples_from_rows(list(datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=split)), cfg, split)
+
+
+def check_config(cfg: FinetuneDataConfig) -> None:
+    if not cfg.choice_columns and not cfg.choices_column:
+        raise ConfigError("multiple_choice needs data.choices_column (a list column) or data.choice_columns")
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def encode_pairs(tokenizer: Any, first: list[str], second: list[str], max_length: int, causal: bool) -> list[dict]:
+    """BERT: [CLS] a [SEP] b [SEP]. GPT: a <eos> b, keeping the end (the token the head reads)."""
+    if not causal:
+        enc = tokenizer(first, second, truncation=True, max_length=max_length)
+        keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
+        return [{k: enc[k][i] for k in keys} for i in range(len(first))]
+    a = tokenizer(first, add_special_tokens=False)["input_ids"]
+    b = tokenizer(second, add_special_tokens=False)["input_ids"]
+    return [{"input_ids": (x + [tokenizer.eos_token_id] + y)[-max_length:]} for x, y in zip(a, b, strict=True)]
+
+
+def features(tokenizer: Any, examples: list[ChoiceExample], max_length: int, causal: bool) -> list[dict[str, Any]]:
+    n = len(examples[0].choices)
+    contexts = [ex.context for ex in examples for _ in range(n)]
+    choices = [c for ex in examples for c in ex.choices]
+    encoded = encode_pairs(tokenizer, contexts, choices, max_length, causal)
+    return [{"choices": encoded[i * n : (i + 1) * n], "labels": ex.label} for i, ex in enumerate(examples)]
+
+
+class ChoicesCollator:
+    """Examples of N encoded sequences each -> (batch, N, length) tensors, padded on the right."""
+
+    def __init__(self, pad_id: int, label_dtype: torch.dtype = torch.long):
+        self.pad_id, self.label_dtype = pad_id, label_dtype
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        n = len(examples[0]["choices"])
+        flat = [c for e in examples for c in e["choices"]]
+        ids = [c["input_ids"] for c in flat]
+        batch = {
+            "input_ids": pad_to_tensor(ids, self.pad_id),
+            "attention_mask": pad_to_tensor([[1] * len(x) for x in ids], 0),
+        }
+        if "token_type_ids" in flat[0]:
+            batch["token_type_ids"] = pad_to_tensor([c["token_type_ids"] for c in flat], 0)
+        batch = {k: v.view(len(examples), n, -1) for k, v in batch.items()}
+        if "labels" in examples[0]:
+            batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=self.label_dtype)
+        return batch
+
+
+def accuracy(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {"accuracy": float((scores.argmax(-1) == labels).mean())}

@@ -1,0 +1,255 @@
+"""Token labelling (chunking, named entities): CoNLL files, JSON lines or hub datasets in, one tag per
+word out. The label sits on the first sub-word of each word (or on all of them); a sentence longer than
+the window is cut into overlapping windows and each word is predicted once, by the window where it has
+the most context on both sides. Scored with `conlleval`'s chunk F1."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretrain.config import ConfigError
+from pretrain.data import pad_to_tensor
+from pretrain.model import IGNORE_INDEX
+
+from .config import FinetuneDataConfig
+
+log = logging.getLogger(__name__)
+
+DOCSTART = "-DOCSTART-"
+
+
+@dataclass
+class Sentence:
+    words: list[str]
+    tags: list[str]
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_conll(path: str, column: int = -1) -> list[Sentence]:
+    """One token per line (`word ... tag`), blank lines between sentences, `-DOCSTART-` lines skipped.
+    `column` picks the tag among the whitespace-separated fields (-1: the last)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"data file {file} does not exist; check data.train / data.validation")
+    sentences, words, tags = [], [], []
+    n_fields, first_line = None, 0
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0] == DOCSTART:
+            if words:
+                sentences.append(Sentence(words, tags))
+            words, tags = [], []
+            continue
+        if n_fields is None:
+            n_fields, first_line = len(fields), number
+        index = column if column >= 0 else len(fields) + column
+        if len(fields) != n_fields or not 0 < index < len(fields):
+            raise ValueError(
+                f"{file}, line {number}: {line.strip()!r} has {len(fields)} fields where line {first_line} has "
+                f"{n_fields}; a tag is missing (tags are read from column {column}, data.conll_column)"
+            )
+        words.append(fields[0])
+        tags.append(fields[index])
+    if words:
+        sentences.append(Sentence(words, tags))
+    if not sentences:
+        raise ValueError(f"{file} has no sentences (expected `word ... tag` lines, blank lines between sentences)")
+    return sentences
+
+
+def sentences_from_rows(
+    rows: list[dict[str, Any]], tags_column: str, where: str, label_names: list[str] | None
+) -> list[Sentence]:
+    """Rows with a `tokens` list and a list of tags (strings, or indices into `label_names`)."""
+    sentences = []
+    for number, row in enumerate(rows, start=1):
+        if "tokens" not in row or tags_column not in row:
+            raise ValueError(
+                f"{where}, row {number}: needs the columns 'tokens' and {tags_column!r} (has {sorted(row)}); "
+                "set data.tags_column"
+            )
+        words, tags = [str(w) for w in row["tokens"]], list(row[tags_column])
+        if len(words) != len(tags):
+            raise ValueError(f"{where}, row {number}: {len(words)} tokens but {len(tags)} tags; a tag is missing")
+        if any(not isinstance(t, str) for t in tags):
+            if not label_names:
+                raise ConfigError(f"{where}, row {number}: tags are indices; list the tag names in data.label_names")
+            bad = [t for t in tags if not isinstance(t, int) or not 0 <= t < len(label_names)]
+            if bad:
+                raise ValueError(f"{where}, row {number}: tag indices {bad} are outside data.label_names")
+            tags = [label_names[t] for t in tags]
+        if words:
+            sentences.append(Sentence(words, tags))
+    return sentences
+
+
+def load_sentences(cfg: FinetuneDataConfig, path: str | None, split: str) -> tuple[list[Sentence], list[str] | None]:
+    """Sentences of a file (CoNLL text, or .json / .jsonl rows) or a hub split, and the hub's tag
+    names when its features carry them (conll2003's ClassLabel)."""
+    if path is not None:
+        if Path(path).suffix.lower() in (".json", ".jsonl"):
+            from .classification import read_rows
+
+            return sentences_from_rows(read_rows(path), cfg.tags_column, path, cfg.label_names), None
+        return read_conll(path, cfg.conll_column), None
+    import datasets  # a hub dataset by name: needs internet
+
+    data = datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=split)
+    if cfg.tags_column not in data.column_names:
+        raise ConfigError(
+            f"{cfg.hub_name} has no column {cfg.tags_column!r} ({data.column_names}); set data.tags_column"
+        )
+    feature = getattr(data.features[cfg.tags_column], "feature", None)
+    names = list(feature.names) if hasattr(feature, "names") else None
+    where = f"{cfg.hub_name} ({split})"
+    return sentences_from_rows(list(data), cfg.tags_column, where, cfg.label_names or names), names
+
+
+def tag_vocabulary(
+    train: list[Sentence], cfg: FinetuneDataConfig, hub_names: list[str] | None, validation: list[Sentence] = ()
+) -> list[str]:
+    """data.label_names, else the hub's names, else the training tags sorted. Tags only the validation
+    data has (CoNLL-2000's test set has one I-LST) are appended: never learnt, but scored fairly."""
+    if cfg.label_names:
+        return [str(x) for x in cfg.label_names]
+    if hub_names:
+        return hub_names
+    labels = sorted({t for s in train for t in s.tags})
+    unseen = sorted({t for s in validation for t in s.tags} - set(labels))
+    if unseen:
+        log.warning("tags only in the validation data (the model cannot learn them): %s", unseen)
+    return labels + unseen
+
+
+def check_tags(sentences: list[Sentence], labels: list[str], where: str) -> None:
+    unseen = sorted({t for s in sentences for t in s.tags} - set(labels))
+    if unseen:
+        raise ValueError(
+            f"{where} has tags {unseen[:10]} that the training data does not have (tags: {labels}); "
+            "fix the data or list every tag in data.label_names"
+        )
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def word_pieces(tokenizer: Any, sentences: list[Sentence], causal: bool) -> list[list[list[int]]]:
+    """Sub-word ids of every word. GPT-2's byte-level BPE marks a word start with a space, so words
+    after the first get one, as in running text. A word with no tokens becomes the unknown token."""
+    flat = [(" " + w if causal and i else w) for s in sentences for i, w in enumerate(s.words)]
+    ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    fallback = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.eos_token_id
+    out, k = [], 0
+    for s in sentences:
+        out.append([x or [fallback] for x in ids[k : k + len(s.words)]])
+        k += len(s.words)
+    return out
+
+
+def split_windows(lengths: list[int], budget: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """Word ranges [start, end) of at most `budget` tokens, neighbours overlapping by about half a
+    window, and for each word the window that predicts it: the one where it has most context on both
+    sides. A single word longer than the budget is cut (its first sub-word, the labelled one, stays)."""
+    n = len(lengths)
+    windows: list[tuple[int, int]] = []
+    start = 0
+    while True:
+        end, used = start, 0
+        while end < n and (end == start or used + lengths[end] <= budget):
+            used += lengths[end]
+            end += 1
+        windows.append((start, end))
+        if end == n:
+            break
+        nxt, tail = end, 0  # back up while the shared tail stays within half a window
+        while nxt - 1 > start and tail + lengths[nxt - 1] <= budget // 2:
+            nxt -= 1
+            tail += lengths[nxt]
+        start = nxt
+    owner = []
+    for w in range(n):
+        candidates = [(min(w - s, e - 1 - w), -k) for k, (s, e) in enumerate(windows) if s <= w < e]
+        owner.append(-max(candidates)[1])
+    return windows, owner
+
+
+def windows(
+    tokenizer: Any,
+    sentences: list[Sentence],
+    labels: list[str],
+    cfg: FinetuneDataConfig,
+    causal: bool,
+) -> list[dict[str, Any]]:
+    """Model inputs: BERT `[CLS] pieces [SEP]`, GPT the pieces alone. `labels` carry the tag id on each
+    predicted word's first sub-word (all its sub-words with data.label_all_subwords, a `B-X` continued
+    as `I-X`) and IGNORE_INDEX elsewhere; `word_starts` lists (position, word) for prediction."""
+    index = {name: i for i, name in enumerate(labels)}
+    continuation = {i: index.get("I-" + name[2:], i) for name, i in index.items() if name.startswith("B-")}
+    prefix = [] if causal else [tokenizer.cls_token_id]
+    suffix = [] if causal else [tokenizer.sep_token_id]
+    budget = cfg.max_length - len(prefix) - len(suffix)
+    features = []
+    for k, (sentence, pieces) in enumerate(zip(sentences, word_pieces(tokenizer, sentences, causal), strict=True)):
+        spans, owner = split_windows([len(p) for p in pieces], budget)
+        for w_index, (start, end) in enumerate(spans):
+            ids, targets, starts = list(prefix), [IGNORE_INDEX] * len(prefix), []
+            for w in range(start, end):
+                word_ids = pieces[w][: budget - (len(ids) - len(prefix))]
+                mine = owner[w] == w_index
+                tag = index.get(sentence.tags[w], IGNORE_INDEX)
+                if mine:
+                    starts.append((len(ids), w))
+                rest = continuation.get(tag, tag) if mine and cfg.label_all_subwords else IGNORE_INDEX
+                targets += [tag if mine else IGNORE_INDEX] + [rest] * (len(word_ids) - 1)
+                ids += word_ids
+            ids += suffix
+            targets += [IGNORE_INDEX] * len(suffix)
+            feature = {"input_ids": ids, "labels": targets, "sentence": k, "word_starts": starts}
+            if not causal:
+                feature["token_type_ids"] = [0] * len(ids)
+            features.append(feature)
+    return features
+
+
+class TokenCollator:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids = [e["input_ids"] for e in examples]
+        batch = {
+            "input_ids": pad_to_tensor(ids, self.pad_id),
+            "attention_mask": pad_to_tensor([[1] * len(x) for x in ids], 0),
+            "labels": pad_to_tensor([e["labels"] for e in examples], IGNORE_INDEX),
+        }
+        if "token_type_ids" in examples[0]:
+            batch["token_type_ids"] = pad_to_tensor([e["token_type_ids"] for e in examples], 0)
+        return batch
+
+
+def assemble(
+    sentences: list[Sentence], features: list[dict[str, Any]], argmax: list[np.ndarray], labels: list[str]
+) -> list[list[str]]:
+    """Each word's predicted tag, from the window that owns it."""
+    predicted = [[""] * len(s.words) for s in sentences]
+    for feature, best in zip(features, argmax, strict=True):
+        for position, w in feature["word_starts"]:
+            predicted[feature["sentence"]][w] = labels[int(best[position])]
+    return predicted
+
+
+def conll_text(sentences: list[Sentence], predicted: list[list[str]]) -> str:
+    """`word gold predicted` per line, blank lines between sentences: conlleval's input format."""
+    blocks = [
+        "".join(f"{w} {g} {p}\n" for w, g, p in zip(s.words, s.tags, tags, strict=True))
+        for s, tags in zip(sentences, predicted, strict=True)
+    ]
+    return "\n".join(blocks)
