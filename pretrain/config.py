@@ -111,6 +111,9 @@ class TrainConfig:
     plot: bool = True  # loss curve PNG at the end
     export: bool = True  # Hugging Face export at the end
     num_workers: int = 0  # speed only
+    max_minutes: float | None = None  # time budget: stop when spent; the lr schedule follows its elapsed fraction
+    compile: bool = False  # torch.compile the model (speed only; the first steps pay the compile time)
+    peak_flops: float | None = None  # device peak FLOP/s for the logged MFU; None: from the GPU table
 
     def validate(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum_steps", "log_every", "keep_last")
@@ -121,6 +124,10 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if len(self.adam_betas) != 2:
             raise ConfigError("train.adam_betas must be two numbers, e.g. [0.9, 0.999]")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"train.max_minutes must be > 0 (or null for no time budget), got {self.max_minutes}")
+        if self.peak_flops is not None and self.peak_flops <= 0:
+            raise ConfigError(f"train.peak_flops must be > 0 FLOP/s (or null), got {self.peak_flops}")
 
 
 @dataclass

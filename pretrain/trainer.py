@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .budget import TrainClock, budget_spent, lr_factor, progress_fn
 from .checkpoint import (
     latest_checkpoint,
     load_model_weights,
@@ -33,6 +34,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, TrainConfig
 from .data import BatchPlan, PlannedBatches, SeededExamples
+from .flops import device_peak_flops, throughput, training_flops
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,31 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
         return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
 
     return factor
+
+
+def budget_lr_lambda(cfg: TrainConfig, clock: TrainClock) -> Callable[[int], float]:
+    """The step schedule without a time budget; with `train.max_minutes`, the same shape over the
+    run's progress (its step or time fraction, whichever is further along)."""
+    if cfg.max_minutes is None:
+        return lr_lambda(cfg)
+    progress = progress_fn(cfg.max_steps, clock)
+    return lambda step: lr_factor(step, progress(step), cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio)
+
+
+def step_flops(model: torch.nn.Module, micro: list[dict[str, torch.Tensor]], counts: dict, world: int) -> float:
+    """Model FLOPs of one optimizer step over all processes (pretrain.flops). The MLM head runs at the
+    labelled positions only: their count is a device tensor, so this stays free of host syncs."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "ffn_size"):
+        return 0.0
+    batch, length = micro[0]["input_ids"].shape
+    n = len(micro) * world
+    if "mlm" in counts:
+        predicted = counts["mlm"]  # already global
+    else:
+        predicted = batch * length * n if hasattr(model, "lm_head") else 0  # a classifier has no vocabulary head
+    with_pooler = getattr(model.transformer, "pooler", None) is not None
+    return training_flops(config, batch * n, length, predicted, with_pooler)
 
 
 def prepare_output_dir(cfg: TrainConfig) -> Path | None:
@@ -157,9 +184,14 @@ def train(task: Task, cfg: TrainConfig, seed: int, run_config: dict | None = Non
 
     model = task.model
     optimizer = torch.optim.AdamW(
-        parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps
+        parameter_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=tuple(cfg.adam_betas),
+        eps=cfg.adam_eps,
+        fused=accelerator.device.type == "cuda" or None,  # one kernel for all parameters on CUDA
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    clock = TrainClock(cfg.max_minutes)  # training seconds, for the time budget and the schedule that follows it
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, budget_lr_lambda(cfg, clock))
     step = 0
     state = None
     if resume_from is not None:
@@ -168,6 +200,7 @@ def train(task: Task, cfg: TrainConfig, seed: int, run_config: dict | None = Non
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
+        clock.elapsed_before = state.get("elapsed_s", 0.0)
         if (
             state["world_size"] * state["batch_size"] * state["grad_accum_steps"]
             != world * cfg.batch_size * cfg.grad_accum_steps
@@ -179,6 +212,8 @@ def train(task: Task, cfg: TrainConfig, seed: int, run_config: dict | None = Non
             )
         if main:
             log.info("resuming from %s (step %d)", resume_from, step)
+    if cfg.compile:
+        model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 
@@ -215,6 +250,7 @@ def train(task: Task, cfg: TrainConfig, seed: int, run_config: dict | None = Non
                 "world_size": world,
                 "batch_size": cfg.batch_size,
                 "grad_accum_steps": cfg.grad_accum_steps,
+                "elapsed_s": clock.elapsed_s,
             }
             path = write_checkpoint(
                 out / "checkpoints", at, unwrapped, trainer_state, task.tokenizer, cfg.keep_last, full_state
@@ -239,10 +275,14 @@ def train(task: Task, cfg: TrainConfig, seed: int, run_config: dict | None = Non
     )  # a log file gets a line every 30 s
     model.train()
     last_eval: dict[str, float] = {}
-    tokens_seen, clock = 0, time.perf_counter()
-    while step < cfg.max_steps:
+    peak = device_peak_flops(accelerator.device, cfg.precision, cfg.peak_flops)
+    clock.restart()
+    tokens_seen, flops_seen, window_start, window_paused = 0, 0.0, time.perf_counter(), clock.paused_s
+    done = step >= cfg.max_steps or budget_spent(clock, accelerator)
+    while not done:
         micro = [_to_device(next(batches), accelerator.device) for _ in range(cfg.grad_accum_steps)]
         counts = _global_counts(accelerator, [unwrapped.loss_counts(b) for b in micro])
+        flops_seen += step_flops(unwrapped, micro, counts, world)
         step_loss = torch.zeros((), device=accelerator.device)
         for i, batch in enumerate(micro):
             sync = i == len(micro) - 1
@@ -259,16 +299,18 @@ def train(task: Task, cfg: TrainConfig, seed: int, run_config: dict | None = Non
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        done = step >= cfg.max_steps or budget_spent(clock, accelerator)
 
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
+        if step % cfg.log_every == 0 or done:
             loss_value = accelerator.reduce(step_loss, reduction="sum").item()
-            elapsed = time.perf_counter() - clock
+            seconds = time.perf_counter() - window_start - (clock.paused_s - window_paused)  # no eval / checkpoint
             values = {
                 "loss": loss_value,
                 "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": float(tokens_seen) * world / elapsed,
+                **throughput(float(tokens_seen) * world, flops_seen, seconds, peak),
+                "train_seconds": clock.elapsed_s,  # evaluation and checkpoints excluded; carried over resumes
             }
-            tokens_seen, clock = 0, time.perf_counter()
+            tokens_seen, flops_seen, window_start, window_paused = 0, 0.0, time.perf_counter(), clock.paused_s
             if not math.isfinite(loss_value):
                 raise FloatingPointError(
                     f"loss became {loss_value} at step {step}; lower train.lr or use train.precision=bf16/no"
@@ -276,15 +318,18 @@ def train(task: Task, cfg: TrainConfig, seed: int, run_config: dict | None = Non
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{values['lr']:.2e}", tok_s=f"{values['tokens_per_s']:.0f}")
             metrics.write(step, values)
         bar.update(1)
-        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
-            last_eval = evaluate()
-            metrics.write(step, {f"eval_{k}": v for k, v in last_eval.items()})
-            if task.on_evaluate is not None:
-                task.on_evaluate(step, last_eval, unwrapped)
+        if (cfg.eval_every and step % cfg.eval_every == 0) or done:
+            trained_for = clock.elapsed_s
+            with clock.pause():
+                last_eval = evaluate()
+                metrics.write(step, {**{f"eval_{k}": v for k, v in last_eval.items()}, "train_seconds": trained_for})
+                if task.on_evaluate is not None:
+                    task.on_evaluate(step, last_eval, unwrapped)
             if main:
                 bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()))
-        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
-            save(step)
+        if (cfg.save_every and step % cfg.save_every == 0) or done:
+            with clock.pause():
+                save(step)
     bar.close()
     metrics.close()
 
