@@ -91,7 +91,7 @@ def test_flops_count_what_the_models_compute():
     assert training_flops(config, 3, 16, 12, True) == 3 * forward_flops(config, 3, 16, 12, True)
 
     causal = tiny_config(causal=True)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():  # the whole-logits path: forward only
         CausalLM(causal)(ids, labels=ids)
     half_attention = causal.num_layers * 48 * 2 * causal.hidden_size * 16
     assert _matmul_flops(counter) == forward_flops(causal, 3, 16, predicted=48, with_pooler=False) - half_attention
@@ -124,3 +124,36 @@ def test_cuda_run_uses_fused_adamw_and_bf16(tmp_path):  # pragma: no cover - CPU
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
     assert device_peak_flops(torch.device("cuda"), precision) is None or any("mfu" in r for r in rows)
+
+
+def test_chunked_lm_loss_matches_the_whole_logits_path():
+    """Loss and every gradient equal the plain (tokens x vocab) path, with chunks that split the rows
+    unevenly and ignored targets (padding) in between."""
+    from pretrain.model import IGNORE_INDEX, _ce_term, chunked_lm_loss_term
+
+    hidden = torch.randn(3, 10, 16, requires_grad=True)
+    weight = torch.randn(37, 16, requires_grad=True)
+    labels = torch.randint(0, 37, (3, 10))
+    labels[1, 6:] = IGNORE_INDEX
+    total, count = chunked_lm_loss_term(hidden, weight, labels, chunk_elements=37 * 7)
+    (total * 0.5).backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
+    expected, expected_count = _ce_term((hidden @ weight.t()).reshape(-1, 37), targets)
+    (expected * 0.5).backward()
+    assert count == expected_count == 3 * 9 - 4
+    torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[0], hidden.grad)
+    torch.testing.assert_close(grads[1], weight.grad)
+
+
+def test_training_forward_of_the_causal_lm_equals_the_evaluation_forward():
+    model = CausalLM(tiny_config(causal=True, dropout=0.0, attention_dropout=0.0))
+    ids = torch.randint(0, 101, (2, 12))
+    train_loss = model(ids, labels=ids).loss
+    train_loss.backward()
+    with torch.no_grad():
+        out = model(ids, labels=ids)
+    assert out.logits is not None
+    torch.testing.assert_close(train_loss.detach(), out.loss, rtol=1e-5, atol=1e-6)
