@@ -311,14 +311,17 @@ class Transformer(nn.Module):
                 f"sequence of {total} tokens is longer than the position table ({cfg.max_positions}); "
                 "truncate the input (data.max_length) or use a model with larger max_positions"
             )
-        if input_ids.numel():
-            low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one device sync, not two
+        # value checks read the ids on the host: free on a CPU, a sync per forward on an accelerator, where
+        # they are skipped (the data side builds the ids from the model's own tokenizer, checked at start-up)
+        on_host = input_ids.device.type == "cpu"
+        if input_ids.numel() and on_host:
+            low, high = torch.stack(torch.aminmax(input_ids)).tolist()
             if low < 0 or high >= cfg.vocab_size:
                 raise ValueError(
                     f"token id {high if high >= cfg.vocab_size else low} is outside the vocabulary "
                     f"[0, {cfg.vocab_size}); the tokenizer does not match the model (vocab_size={cfg.vocab_size})"
                 )
-        if token_type_ids is not None and token_type_ids.numel() and cfg.segment_vocab_size:
+        if on_host and token_type_ids is not None and token_type_ids.numel() and cfg.segment_vocab_size:
             if int(token_type_ids.max()) >= cfg.segment_vocab_size or int(token_type_ids.min()) < 0:
                 raise ValueError(f"token_type_ids must be in [0, {cfg.segment_vocab_size})")
 
