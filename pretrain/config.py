@@ -262,6 +262,9 @@ class TrainConfig:
     plot: bool = True  # loss curve PNG at the end
     export: bool = True  # Hugging Face export at the end
     num_workers: int = 0  # speed only
+    max_minutes: float | None = None  # time budget: stop when spent; the lr schedule follows its elapsed fraction
+    compile: bool = False  # torch.compile the model (speed only; the first steps pay the compile time)
+    peak_flops: float | None = None  # device peak FLOP/s for the logged MFU; None: from the GPU table
 
     def validate(self) -> None:
         positive = ("max_steps", "batch_size", "grad_accum_steps", "log_every", "keep_last", "max_bad_steps")
@@ -285,6 +288,10 @@ class TrainConfig:
             require(self.eval_batches >= 1, "train.eval_batches", self.eval_batches, "it must be >= 1", "or null")
         if not self.output_dir:
             raise ConfigError("train.output_dir is empty; give a directory, e.g. train.output_dir=runs/my-run")
+        if self.max_minutes is not None:
+            require(self.max_minutes > 0, "train.max_minutes", self.max_minutes, "it must be > 0", "or null for no budget")
+        if self.peak_flops is not None:
+            require(self.peak_flops > 0, "train.peak_flops", self.peak_flops, "it must be > 0 FLOP/s", "or null")
         self.check_precision()
 
     def check_precision(self) -> None:

@@ -421,14 +421,17 @@ class Transformer(nn.Module):
                 f"sequence of {total} tokens is longer than the position table ({cfg.max_positions}); "
                 "truncate the input (data.max_length) or use a model with larger max_positions"
             )
-        if input_ids.numel():
-            low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one device sync, not two
+        # value checks read the ids on the host: free on a CPU, a sync per forward on an accelerator, where
+        # they are skipped (the data side builds the ids from the model's own tokenizer, checked at start-up)
+        on_host = input_ids.device.type == "cpu"
+        if input_ids.numel() and on_host:
+            low, high = torch.stack(torch.aminmax(input_ids)).tolist()
             if low < 0 or high >= cfg.vocab_size:
                 raise ValueError(
                     f"token id {high if high >= cfg.vocab_size else low} is outside the vocabulary "
                     f"[0, {cfg.vocab_size}); the tokenizer does not match the model (vocab_size={cfg.vocab_size})"
                 )
-        if token_type_ids is not None and token_type_ids.numel() and cfg.segment_vocab_size:
+        if on_host and token_type_ids is not None and token_type_ids.numel() and cfg.segment_vocab_size:
             if int(token_type_ids.max()) >= cfg.segment_vocab_size or int(token_type_ids.min()) < 0:
                 raise ValueError(f"token_type_ids must be in [0, {cfg.segment_vocab_size})")
 
@@ -621,6 +624,12 @@ class CausalLM(PretrainedModel):
         output_attentions: bool = False,
     ) -> ModelOutput:
         out = self.transformer(input_ids, attention_mask, token_type_ids, past_key_values, use_cache, output_attentions)
+        if labels is not None and torch.is_grad_enabled():
+            # training: the LM head and its loss run chunk by chunk; the (tokens x vocab) logits and their
+            # gradient never exist whole (for GPT-2's 50k words they are most of a small model's memory)
+            out.loss_terms["lm"] = chunked_lm_loss_term(out.last_hidden_state, self.lm_head.weight, labels)
+            out.loss = _terms_to_loss(out.loss_terms)
+            return out  # out.logits stays None; call under torch.no_grad() (or without labels) to get them
         out.logits = self.lm_head(out.last_hidden_state)
         if labels is not None:
             out.loss_terms["lm"] = lm_loss_term(out.logits, labels)
@@ -678,6 +687,61 @@ def lm_loss_term(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     so the (batch x length x vocab) tensor is never copied."""
     targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     return _ce_term(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+
+def chunked_lm_loss_term(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_elements: int = 2**23
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """lm_loss_term(hidden @ weight.T, labels) without the whole logits: `chunk_elements` logits at a time."""
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
+    rows = max(1, chunk_elements // weight.size(0))
+    total = _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.size(-1)), weight, targets, rows)
+    return total, (targets != IGNORE_INDEX).sum()
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of (hidden @ weight.T) against targets, `rows` at a time. The gradients
+    are computed in the forward pass, chunk by chunk (the loss is a sum, so backward only scales
+    them by the incoming gradient): the logits and their gradient exist for one chunk at a time and
+    nothing of size vocab is kept for backward. Ignored targets (-100) are masked with arithmetic,
+    not boolean indexing, so there is no data-dependent shape and no host sync."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.zeros_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.size(0), rows):
+            h, y = hidden[start : start + rows], targets[start : start + rows]
+            logits = (h @ weight.t()).float()
+            valid = (y != IGNORE_INDEX).float()
+            index = y.clamp(min=0)[:, None]
+            log_z = logits.logsumexp(dim=-1)
+            total += ((log_z - logits.gather(1, index).squeeze(1)) * valid).sum()
+            if need_hidden or need_weight:
+                grad = logits.sub_(log_z[:, None]).exp_()  # softmax, in place of the logits
+                grad.scatter_add_(1, index, -valid[:, None])  # minus the one-hot target
+                grad.mul_(valid[:, None])
+                grad = grad.to(weight.dtype)
+                if need_hidden:
+                    grad_hidden[start : start + rows] = grad @ weight
+                if need_weight:
+                    grad_weight += grad.t() @ h.to(grad.dtype)
+        ctx.save_for_backward(
+            grad_hidden if need_hidden else None, grad_weight.to(weight.dtype) if need_weight else None
+        )
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (
+            grad_hidden * grad_total if grad_hidden is not None else None,
+            grad_weight * grad_total if grad_weight is not None else None,
+            None,
+            None,
+        )
 
 
 def _pick_next_token(logits, do_sample, temperature, top_k, top_p, generator) -> torch.Tensor:

@@ -24,8 +24,10 @@ from typing import Any
 
 import torch
 
+from ..budget import TrainClock, budget_spent
 from ..config import ConfigError, TrainConfig
 from ..data import BatchPlan, PlannedBatches, SeededExamples
+from ..flops import device_peak_flops, step_flops, throughput
 from . import distributed
 from .checkpoints import (
     CheckpointManager,
@@ -209,6 +211,7 @@ class Run:
     step: int = 0
     skipped: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
     skipped_in_a_row: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
+    clock: TrainClock = field(default_factory=lambda: TrainClock(None))  # training seconds, for train.max_minutes
 
     def whole_model(self) -> torch.nn.Module:
         """The model, whole, on every process (collective under FSDP)."""
@@ -219,6 +222,8 @@ def setup_model(task: Task, cfg: TrainConfig, accelerator: Any) -> Run:
     world = accelerator.num_processes
     parallelism = distributed.resolve_parallelism(cfg, world)
     model = task.model
+    if cfg.compile and parallelism != "fsdp":
+        model = torch.compile(model)  # speed only; the first steps pay the compile time
     if parallelism == "fsdp":
         full_model = distributed.FullModel(model)
         distributed.apply_fsdp(model, cfg.precision)
@@ -238,9 +243,11 @@ def setup_model(task: Task, cfg: TrainConfig, accelerator: Any) -> Run:
 # ----------------------------------------------------------------------------- one step
 
 
-def train_step(run: Run, micro: list[dict[str, torch.Tensor]], cfg: TrainConfig, accelerator: Any) -> torch.Tensor:
+def train_step(
+    run: Run, micro: list[dict[str, torch.Tensor]], cfg: TrainConfig, accelerator: Any
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward and backward over the micro-batches, then one optimizer step unless the gradients are
-    not finite. Returns the step's loss, on the device."""
+    not finite. Returns the step's loss and the global loss counts, on the device."""
     world = accelerator.num_processes
     counts = _global_counts(accelerator, [run.unwrapped.loss_counts(b) for b in micro])
     step_loss = torch.zeros((), device=accelerator.device)
@@ -263,13 +270,13 @@ def train_step(run: Run, micro: list[dict[str, torch.Tensor]], cfg: TrainConfig,
     bad = ~torch.isfinite(norm)  # a non-finite loss gives non-finite gradients
     if accelerator.scaler is None:  # fp16: the GradScaler skips such steps itself
         run.optimizer.found_inf = bad.float()
-    set_learning_rate(run.optimizer, learning_rate(cfg, run.step))
+    set_learning_rate(run.optimizer, learning_rate(cfg, run.step, run.clock.time_fraction()))
     run.step_optimizer.step()
     run.step_optimizer.zero_grad(set_to_none=True)
     run.skipped += bad
     run.skipped_in_a_row.mul_(bad).add_(bad)
     run.step += 1
-    return step_loss
+    return step_loss, counts
 
 
 def check_skipped_steps(run: Run, cfg: TrainConfig) -> int:
@@ -306,6 +313,7 @@ def train(task: Task, cfg: TrainConfig, seed: int, run_config: dict | None = Non
         load_checkpoint(resumed, state, run, accelerator)
         run.step = state["step"]
         run.skipped += state.get("skipped_steps", 0)
+        run.clock = TrainClock(cfg.max_minutes, state.get("elapsed_s", 0.0))
         if main:
             log.info("resuming from %s (step %d)", resumed, run.step)
             log_schedule_change(state.get("schedule"), cfg, run.step)
@@ -317,24 +325,31 @@ def train(task: Task, cfg: TrainConfig, seed: int, run_config: dict | None = Non
     batches = iter(make_loader(task, cfg, seed, run.step, accelerator))
     # resuming (even from nothing: killed before its first checkpoint) drops what was logged past `step`
     metrics = MetricsLog(out, cfg, main, run.step if cfg.resume is not None else None, run_config or {})
-    progress = Progress(cfg, run.step, main)
+    if state is None:
+        run.clock = TrainClock(cfg.max_minutes)
+    progress = Progress(cfg, run.step, main, device_peak_flops(accelerator.device, cfg.precision, cfg.peak_flops))
     last_eval: dict[str, float] = {}
     run.model.train()
+    run.clock.restart()  # building and preparing is not training time
+    done = run.step >= cfg.max_steps or budget_spent(run.clock, accelerator)
     with StopSignals() as stop:
         try:
-            while run.step < cfg.max_steps:
+            while not done:
                 micro = [_to_device(next(batches), accelerator.device) for _ in range(cfg.grad_accum_steps)]
-                step_loss = train_step(run, micro, cfg, accelerator)
-                progress.count_tokens(micro)
+                step_loss, counts = train_step(run, micro, cfg, accelerator)
+                progress.count(micro, step_flops(run.unwrapped, micro, counts, accelerator.num_processes))
                 step = run.step
-                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                done = step >= cfg.max_steps or budget_spent(run.clock, accelerator)
+                if step % cfg.log_every == 0 or done:
                     log_step(run, cfg, accelerator, step_loss, progress, metrics)
                 progress.bar.update(1)
-                if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
-                    last_eval = evaluate(task, run, accelerator, metrics, progress)
+                if (cfg.eval_every and step % cfg.eval_every == 0) or done:
+                    with run.clock.pause():
+                        last_eval = evaluate(task, run, accelerator, metrics, progress)
                 stopping = stop.requested(accelerator, step, cfg.log_every)
-                if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps or stopping:
-                    save(manager, run, cfg, task, accelerator)
+                if (cfg.save_every and step % cfg.save_every == 0) or done or stopping:
+                    with run.clock.pause():
+                        save(manager, run, cfg, task, accelerator)
                 if stopping:
                     if main:
                         log.warning("%s: checkpoint saved at step %d; run the same command to resume", stop.name, step)
@@ -397,6 +412,7 @@ def save(manager: CheckpointManager, run: Run, cfg: TrainConfig, task: Task, acc
             "schedule": schedule_settings(cfg),
             "skipped_steps": skipped,
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            "elapsed_s": run.clock.elapsed_s,
         }
         torch.save(trainer_state, directory / "trainer_state.pt")
         if task.tokenizer is not None:
@@ -416,7 +432,7 @@ def evaluate(task: Task, run: Run, accelerator: Any, metrics: MetricsLog, progre
         result = task.evaluate(model, accelerator)
     run.model.train()
     model.train()
-    metrics.write(run.step, {f"eval_{k}": v for k, v in result.items()})
+    metrics.write(run.step, {**{f"eval_{k}": v for k, v in result.items()}, "train_seconds": run.clock.elapsed_s})
     if task.on_evaluate is not None:
         task.on_evaluate(run.step, result, model)
     if accelerator.is_main_process:
@@ -425,9 +441,10 @@ def evaluate(task: Task, run: Run, accelerator: Any, metrics: MetricsLog, progre
 
 
 class Progress:
-    """The progress bar and the throughput between logged steps (tokens counted on the device)."""
+    """The progress bar and the throughput between logged steps (tokens and FLOPs counted on the device;
+    evaluation and checkpoint time excluded)."""
 
-    def __init__(self, cfg: TrainConfig, step: int, main: bool):
+    def __init__(self, cfg: TrainConfig, step: int, main: bool, peak_flops: float | None = None):
         from tqdm.auto import tqdm
 
         self.bar = tqdm(
@@ -438,18 +455,22 @@ class Progress:
             dynamic_ncols=True,
             mininterval=0.5 if sys.stderr.isatty() else 30,
         )  # a log file gets a line every 30 s
+        self.peak_flops = peak_flops
         self.tokens: Any = 0
-        self.clock = time.perf_counter()
+        self.flops: Any = 0.0
+        self.window_start, self.window_paused = time.perf_counter(), 0.0
 
-    def count_tokens(self, micro: list[dict[str, torch.Tensor]]) -> None:
+    def count(self, micro: list[dict[str, torch.Tensor]], flops: Any) -> None:
         for batch in micro:  # a tensor sum, read only when logging: no device sync per micro-batch
             self.tokens += batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+        self.flops += flops
 
-    def throughput(self, world: int) -> dict[str, float]:
+    def throughput(self, world: int, clock: TrainClock) -> dict[str, float]:
         """Read and reset at each logged step."""
-        elapsed = time.perf_counter() - self.clock
-        values = {"tokens_per_s": float(self.tokens) * world / elapsed}
-        self.tokens, self.clock = 0, time.perf_counter()
+        seconds = time.perf_counter() - self.window_start - (clock.paused_s - self.window_paused)
+        values = throughput(float(self.tokens) * world, self.flops, seconds, self.peak_flops)
+        self.tokens, self.flops = 0, 0.0
+        self.window_start, self.window_paused = time.perf_counter(), clock.paused_s
         return values
 
 
@@ -460,8 +481,9 @@ def log_step(
     skipped = check_skipped_steps(run, cfg)
     values = {
         "loss": loss_value,
-        "lr": learning_rate(cfg, run.step - 1),
-        **progress.throughput(accelerator.num_processes),
+        "lr": learning_rate(cfg, run.step - 1, run.clock.time_fraction()),
+        **progress.throughput(accelerator.num_processes, run.clock),
+        "train_seconds": run.clock.elapsed_s,  # evaluation and checkpoints excluded; carried over resumes
     }
     if skipped:
         values["skipped_steps"] = skipped

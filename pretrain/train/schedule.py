@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
+from .. import budget
 from ..config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 # the settings that shape the schedule; saved with each checkpoint to report a change on resume
-SCHEDULE_KEYS = ("lr", "schedule", "warmup_steps", "max_steps", "min_lr_ratio")
+SCHEDULE_KEYS = ("lr", "schedule", "warmup_steps", "max_steps", "min_lr_ratio", "max_minutes")
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -32,8 +33,13 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
 
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    return cfg.lr * lr_factor(cfg, step)
+def learning_rate(cfg: TrainConfig, step: int, time_fraction: float = 0.0) -> float:
+    """With a time budget (`train.max_minutes`) the decay follows the run's progress: its step or its
+    time fraction, whichever is further along (pretrain.budget); without one, the step schedule."""
+    if cfg.max_minutes is None:
+        return cfg.lr * lr_factor(cfg, step)
+    progress = min(1.0, max(step / cfg.max_steps, time_fraction))
+    return cfg.lr * budget.lr_factor(step, progress, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

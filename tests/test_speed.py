@@ -1,0 +1,159 @@
+"""Time budgets, the schedule that follows them, the FLOPs count behind the logged MFU, CUDA-only paths."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+from test_pretraining import tiny_run
+
+from pretrain.budget import TrainClock, lr_factor
+from pretrain.config import ConfigError, TrainConfig
+from pretrain.flops import device_peak_flops, forward_flops, training_flops
+from pretrain.model import BertPretraining, CausalLM
+from pretrain.pretraining import run_pretraining
+
+
+def test_schedule_warms_up_then_decays_to_the_floor_at_the_end_of_the_budget():
+    assert lr_factor(0, 0.0, 4, "linear", 0.0) == pytest.approx(0.25)
+    assert lr_factor(3, 0.01, 4, "linear", 0.0) == pytest.approx(0.99)
+    assert lr_factor(50, 0.5, 4, "linear", 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(50, 1.0, 4, "linear", 0.1) == pytest.approx(0.1)
+    assert lr_factor(50, 1.0, 4, "cosine", 0.0) == pytest.approx(0.0)
+    assert lr_factor(50, 0.5, 4, "cosine", 0.0) == pytest.approx(0.5)
+    assert lr_factor(50, 0.7, 4, "constant", 0.0) == 1.0
+
+
+def test_paused_time_does_not_count_against_the_budget():
+    clock = TrainClock(budget_minutes=1.0, elapsed_s=30.0)
+    with clock.pause():
+        sum(range(100_000))
+    assert 30.0 <= clock.elapsed_s < 30.5
+    assert 0.5 <= clock.time_fraction() < 0.51 and not clock.spent()
+
+
+def test_bad_budget_values_are_refused():
+    with pytest.raises(ConfigError, match="train.max_minutes must be > 0"):
+        TrainConfig(max_minutes=0).validate()
+    with pytest.raises(ConfigError, match="train.peak_flops must be > 0"):
+        TrainConfig(peak_flops=-1.0).validate()
+
+
+def _trainer_state(run_dir: Path) -> dict:
+    last = sorted((run_dir / "checkpoints").iterdir())[-1]
+    return torch.load(last / "trainer_state.pt", weights_only=True)
+
+
+def test_a_spent_budget_stops_training_and_the_resumed_run_keeps_its_clock(tmp_path):
+    """A budget far below max_steps' worth of time ends the run early, with the final evaluation and
+    checkpoint; the lr has decayed to zero by then; resuming the spent run trains no further."""
+    cfg = tiny_run(tmp_path, max_steps=100_000, max_minutes=0.003, save_every=0, eval_every=0, peak_flops=1e12)
+    final = run_pretraining(cfg)
+    out = Path(cfg.train.output_dir)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if "loss" in r]
+    last_step = trained[-1]["step"]
+    assert 0 < last_step < 100_000
+    assert "mlm_loss" in final and any("eval_mlm_loss" in r for r in rows)
+    assert trained[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the decay followed the budget, not the steps
+    assert all(r["mfu"] > 0 and r["tokens_per_s"] > 0 for r in trained)
+    state = _trainer_state(out)
+    assert state["step"] == last_step and state["elapsed_s"] >= 0.003 * 60
+
+    cfg.train.resume = "auto"
+    run_pretraining(cfg)
+    assert _trainer_state(out)["step"] == last_step
+
+
+def _matmul_flops(counter) -> int:
+    """The counter's FLOPs without attention (a fused kernel or, for a causal mask on CPU, bmm's over the
+    full square): counted per backend, so the test checks the rest exactly and attention by formula."""
+    counts = counter.get_flop_counts()["Global"]
+    return sum(v for op, v in counts.items() if "attention" not in str(op) and "bmm" not in str(op))
+
+
+def test_flops_count_what_the_models_compute():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = tiny_config(dropout=0.0, attention_dropout=0.0)
+    model = BertPretraining(config)
+    ids = torch.randint(5, config.vocab_size, (3, 16))
+    labels = torch.full_like(ids, -100)
+    labels[:, ::4] = ids[:, ::4]
+    with FlopCounterMode(display=False) as counter:
+        out = model(ids, labels=labels, next_sentence_label=torch.zeros(3, dtype=torch.long))
+    attention = config.num_layers * 48 * 4 * config.hidden_size * 16
+    assert _matmul_flops(counter) == forward_flops(config, 3, 16, predicted=12, with_pooler=True) - attention
+    with FlopCounterMode(display=False) as counter:
+        out.loss.backward()
+    assert _matmul_flops(counter) == 2 * (forward_flops(config, 3, 16, 12, True) - attention)
+    assert training_flops(config, 3, 16, 12, True) == 3 * forward_flops(config, 3, 16, 12, True)
+
+    causal = tiny_config(causal=True)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():  # the whole-logits path: forward only
+        CausalLM(causal)(ids, labels=ids)
+    half_attention = causal.num_layers * 48 * 2 * causal.hidden_size * 16
+    assert _matmul_flops(counter) == forward_flops(causal, 3, 16, predicted=48, with_pooler=False) - half_attention
+
+
+def test_peak_flops_come_from_the_override_or_a_known_gpu():
+    assert device_peak_flops(torch.device("cpu"), "no") is None
+    assert device_peak_flops(torch.device("cpu"), "no", override=2e11) == 2e11
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_uses_fused_adamw_and_bf16(tmp_path):  # pragma: no cover - CPU CI skips it
+    import pretrain.train.loop as trainer
+
+    seen = {}
+    real = torch.optim.AdamW
+
+    class Spy(real):
+        def __init__(self, *args, **kwargs):
+            seen["fused"] = kwargs.get("fused")
+            super().__init__(*args, **kwargs)
+
+    trainer.torch.optim.AdamW = Spy
+    try:
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        run_pretraining(tiny_run(tmp_path, precision=precision, max_steps=3, save_every=0, eval_every=0))
+    finally:
+        trainer.torch.optim.AdamW = real
+    assert seen["fused"] is True
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
+    assert device_peak_flops(torch.device("cuda"), precision) is None or any("mfu" in r for r in rows)
+
+
+def test_chunked_lm_loss_matches_the_whole_logits_path():
+    """Loss and every gradient equal the plain (tokens x vocab) path, with chunks that split the rows
+    unevenly and ignored targets (padding) in between."""
+    from pretrain.model import IGNORE_INDEX, _ce_term, chunked_lm_loss_term
+
+    hidden = torch.randn(3, 10, 16, requires_grad=True)
+    weight = torch.randn(37, 16, requires_grad=True)
+    labels = torch.randint(0, 37, (3, 10))
+    labels[1, 6:] = IGNORE_INDEX
+    total, count = chunked_lm_loss_term(hidden, weight, labels, chunk_elements=37 * 7)
+    (total * 0.5).backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
+    expected, expected_count = _ce_term((hidden @ weight.t()).reshape(-1, 37), targets)
+    (expected * 0.5).backward()
+    assert count == expected_count == 3 * 9 - 4
+    torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[0], hidden.grad)
+    torch.testing.assert_close(grads[1], weight.grad)
+
+
+def test_training_forward_of_the_causal_lm_equals_the_evaluation_forward():
+    model = CausalLM(tiny_config(causal=True, dropout=0.0, attention_dropout=0.0))
+    ids = torch.randint(0, 101, (2, 12))
+    train_loss = model(ids, labels=ids).loss
+    train_loss.backward()
+    with torch.no_grad():
+        out = model(ids, labels=ids)
+    assert out.logits is not None
+    torch.testing.assert_close(train_loss.detach(), out.loss, rtol=1e-5, atol=1e-6)
