@@ -289,7 +289,7 @@ class TrainConfig:
         if not self.output_dir:
             raise ConfigError("train.output_dir is empty; give a directory, e.g. train.output_dir=runs/my-run")
         if self.max_minutes is not None:
-            require(self.max_minutes > 0, "train.max_minutes", self.max_minutes, "it must be > 0", "or null for no budget")
+            require(self.max_minutes > 0, "train.max_minutes", self.max_minutes, "it must be > 0", "or null")
         if self.peak_flops is not None:
             require(self.peak_flops > 0, "train.peak_flops", self.peak_flops, "it must be > 0 FLOP/s", "or null")
         self.check_precision()
