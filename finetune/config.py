@@ -80,6 +80,8 @@ class FinetuneConfig:
             raise ConfigError("data.paths takes [train] or [train, validation]")
         if not 0 <= d.holdout_fraction < 1:
             raise ConfigError("data.holdout_fraction must be in [0, 1)")
+        if d.symmetric and (self.task != "classification" or not d.text_pair_column):
+            raise ConfigError("data.symmetric=true needs task=classification with pairs (data.text_pair_column)")
         check_source("model.init", self.model.init, "checkpoint or directory")
         if self.model.tokenizer:
             check_source("model.tokenizer", self.model.tokenizer, "tokenizer directory")
@@ -106,8 +108,6 @@ class FinetuneConfig:
             if path is not None and not Path(path).expanduser().is_file():
                 what = "a directory, not a file" if Path(path).expanduser().is_dir() else "does not exist"
                 raise ConfigError(f"{key}={path}: {what}; give a data file (.tsv, .csv, .json, .jsonl)")
-        if d.symmetric and (self.task != "classification" or not d.text_pair_column):
-            raise ConfigError("data.symmetric=true needs task=classification with pairs (data.text_pair_column)")
         if self.task == "qa" and d.doc_stride >= d.max_length - d.max_query_length - 3:
             raise ConfigError(
                 f"data.doc_stride={d.doc_stride} leaves no room for new context in a window of data.max_length="

@@ -228,7 +228,8 @@ class DataConfig:
         require(0 < self.mlm_probability < 1, "data.mlm_probability", self.mlm_probability, "it must be in (0, 1)")
         if self.max_documents is not None:
             require(self.max_documents >= 1, "data.max_documents", self.max_documents, "it must be >= 1", "or null")
-        require(self.num_proc >= 1, "data.num_proc", self.num_proc, "it must be >= 1")
+        if self.num_proc is not None:
+            require(self.num_proc >= 1, "data.num_proc", self.num_proc, "it must be >= 1", "or null for all cores")
 
 
 @dataclass
@@ -288,10 +289,10 @@ class TrainConfig:
             require(self.eval_batches >= 1, "train.eval_batches", self.eval_batches, "it must be >= 1", "or null")
         if not self.output_dir:
             raise ConfigError("train.output_dir is empty; give a directory, e.g. train.output_dir=runs/my-run")
-        if self.max_minutes is not None:
-            require(self.max_minutes > 0, "train.max_minutes", self.max_minutes, "it must be > 0", "or null")
-        if self.peak_flops is not None:
-            require(self.peak_flops > 0, "train.peak_flops", self.peak_flops, "it must be > 0 FLOP/s", "or null")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"train.max_minutes must be > 0 (or null for no time budget), got {self.max_minutes}")
+        if self.peak_flops is not None and self.peak_flops <= 0:
+            raise ConfigError(f"train.peak_flops must be > 0 FLOP/s (or null), got {self.peak_flops}")
         self.check_precision()
 
     def check_precision(self) -> None:
