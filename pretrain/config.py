@@ -117,7 +117,7 @@ class ModelConfig:
         if export and not self.init:
             from .interop import build_model, hf_config_dict
 
-            head = ("pretraining" if self.nsp else "mlm") if self.family == "bert" else "causal_lm"
+            head = ("pretraining" if self.nsp else "mlm") if self.style == "bert" else "causal_lm"
             with torch.device("meta"):  # no memory: only the structure is checked
                 model = build_model(config, head)
             try:
@@ -130,7 +130,7 @@ class ModelConfig:
 
     def _structure(self, vocab: int) -> TransformerConfig:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TransformerConfig) if hasattr(self, f.name)}
-        gpt = self.family == "gpt"
+        gpt = self.style == "gpt"
         try:
             return TransformerConfig(**{**values, "vocab_size": vocab}, causal=gpt)
         except ValueError as e:  # TransformerConfig names the field: say it is a model.* key

@@ -40,8 +40,8 @@ def assert_user_error(status, stderr, *words):
         assert word in stderr, f"{word!r} not in: {stderr[-1500:]}"
 
 
-def checkpoint(directory: Path, family: str, head: str, vocab: int = 0, **head_kwargs) -> Path:
-    tokenizer = train_tokenizer(TEXT, family, vocab_size=vocab or (120 if family == "bert" else 300))
+def checkpoint(directory: Path, family: str, head: str, vocab: int = 0, text: list[str] = TEXT, **head_kwargs) -> Path:
+    tokenizer = train_tokenizer(text, family, vocab_size=vocab or (120 if family == "bert" else 300))
     config = tiny_config(causal=family == "gpt", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     save_model_dir(build_model(config, head, **head_kwargs), directory)
     tokenizer.save_pretrained(str(directory))
@@ -53,7 +53,8 @@ def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
     return {
         "bert": checkpoint(root / "bert", "bert", "pretraining"),
-        "bert_other": checkpoint(root / "bert_other", "bert", "pretraining", vocab=110),
+        # another corpus: another vocabulary (the same corpus gives the same one, whatever vocab_size asks)
+        "bert_other": checkpoint(root / "bert_other", "bert", "pretraining", text=[t.upper() + " zebra" for t in TEXT]),
         "gpt": checkpoint(root / "gpt", "gpt", "causal_lm"),
     }
 
