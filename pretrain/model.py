@@ -807,14 +807,8 @@ class SequenceClassifier(PretrainedModel):
         out = self.transformer(
             input_ids, attention_mask, token_type_ids, output_attentions=output_attentions, position_ids=position_ids
         )
-        if self.config.causal:
-            h = out.last_hidden_state
-            if attention_mask is None:
-                last = torch.full((h.size(0),), h.size(1) - 1, device=h.device)
-            else:  # rightmost attended position (handles left and right padding)
-                positions = torch.arange(h.size(1), device=h.device)
-                last = (positions * attention_mask.long()).argmax(dim=-1)
-            features = h[torch.arange(h.size(0), device=h.device), last]
+        if self.config.causal:  # the rightmost attended position (left or right padding)
+            features = last_token_features(out.last_hidden_state, attention_mask)
         elif self.head is not None:  # ModernBERT: pool ([CLS] or the mean of real tokens), then transform
             h = out.last_hidden_state
             if self.config.classifier_pooling == "mean":
