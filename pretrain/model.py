@@ -534,6 +534,25 @@ class PretrainedModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
+    # GPT's fine-tuning heads may add the LM loss as an auxiliary objective (0.5 in the GPT paper)
+
+    def _add_aux_lm_head(self, weight: float) -> None:
+        if self.config.causal and weight:
+            self.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False)
+            self.lm_head.weight = self.transformer.embeddings.word.weight
+
+    def _aux_lm_term(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, weight: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX) if attention_mask is not None else input_ids
+        total, count = lm_loss_term(self.lm_head(hidden), labels)
+        return total * weight, count
+
+    @staticmethod
+    def _aux_lm_count(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        mask = batch.get("attention_mask")
+        return mask[..., 1:].sum() if mask is not None else torch.tensor(batch["input_ids"][..., 1:].numel())
+
     @staticmethod
     def loss_counts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -781,9 +800,7 @@ class SequenceClassifier(PretrainedModel):
         # GPT-2's HF head has no bias; keep ours exportable
         self.classifier = nn.Linear(config.hidden_size, num_labels, bias=not config.causal)
         self._init_heads(*(m for m in (self.head, self.classifier) if m is not None))
-        if config.causal and lm_loss_weight:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-            self.lm_head.weight = self.transformer.embeddings.word.weight
+        self._add_aux_lm_head(lm_loss_weight)
 
     def forward(
         self,
@@ -829,13 +846,9 @@ class SequenceClassifier(PretrainedModel):
             else:
                 out.loss_terms["cls"] = _ce_term(out.logits, labels)
             if self.lm_loss_weight and self.config.causal:
-                lm_labels = (
-                    input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
-                    if attention_mask is not None
-                    else input_ids
+                out.loss_terms["lm_aux"] = self._aux_lm_term(
+                    out.last_hidden_state, input_ids, attention_mask, self.lm_loss_weight
                 )
-                total, count = lm_loss_term(self.lm_head(out.last_hidden_state), lm_labels)
-                out.loss_terms["lm_aux"] = (total * self.lm_loss_weight, count)
         out.loss = _terms_to_loss(out.loss_terms)
         return out
 
@@ -845,10 +858,7 @@ class SequenceClassifier(PretrainedModel):
         labels = batch["labels"]
         counts = {"cls": (labels != IGNORE_INDEX).sum() if self.num_labels > 1 else torch.tensor(labels.numel())}
         if self.lm_loss_weight and self.config.causal:
-            mask = batch.get("attention_mask")
-            counts["lm_aux"] = (
-                mask[..., 1:].sum() if mask is not None else torch.tensor(batch["input_ids"][..., 1:].numel())
-            )
+            counts["lm_aux"] = self._aux_lm_count(batch)
         return counts
 
 
@@ -941,9 +951,7 @@ class MultipleChoice(PretrainedModel):
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.hidden_size, 1)
         self._init_heads(self.classifier)
-        if config.causal and lm_loss_weight:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-            self.lm_head.weight = self.transformer.embeddings.word.weight
+        self._add_aux_lm_head(lm_loss_weight)
 
     def forward(
         self,
@@ -967,9 +975,7 @@ class MultipleChoice(PretrainedModel):
         if labels is not None:
             out.loss_terms["choice"] = _ce_term(out.logits, labels)
             if self.lm_loss_weight and self.config.causal:
-                lm_labels = ids.masked_fill(flat[0] == 0, IGNORE_INDEX) if flat[0] is not None else ids
-                total, count = lm_loss_term(self.lm_head(out.last_hidden_state), lm_labels)
-                out.loss_terms["lm_aux"] = (total * self.lm_loss_weight, count)
+                out.loss_terms["lm_aux"] = self._aux_lm_term(out.last_hidden_state, ids, flat[0], self.lm_loss_weight)
         out.loss = _terms_to_loss(out.loss_terms)
         return out
 
@@ -978,7 +984,5 @@ class MultipleChoice(PretrainedModel):
             return {}
         counts = {"choice": (batch["labels"] != IGNORE_INDEX).sum()}
         if self.lm_loss_weight and self.config.causal:
-            mask = batch.get("attention_mask")
-            ids = batch["input_ids"]
-            counts["lm_aux"] = mask[..., 1:].sum() if mask is not None else torch.tensor(ids[..., 1:].numel())
+            counts["lm_aux"] = self._aux_lm_count(batch)
         return counts
