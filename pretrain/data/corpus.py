@@ -110,6 +110,15 @@ def blank_line_documents(lines: Iterable[tuple[str, int]], name: str = "") -> It
     nbytes = 0
     first, chunked = True, False
 
+    def start_chunking() -> None:
+        nonlocal chunked
+        chunked = True
+        log.warning(
+            "%s has no blank line between documents: every %d lines are taken as one document",
+            name,
+            LINES_PER_PSEUDO_DOCUMENT,
+        )
+
     def emit(lines_: list[str], size: int) -> Iterator[Document]:
         if chunked:
             for i in range(0, len(lines_), LINES_PER_PSEUDO_DOCUMENT):
@@ -124,12 +133,7 @@ def blank_line_documents(lines: Iterable[tuple[str, int]], name: str = "") -> It
             nbytes += size
             if len(paragraph) >= MAX_DOCUMENT_LINES:
                 if first:
-                    chunked = True
-                    log.warning(
-                        "%s has no blank line between documents: every %d lines are taken as one document",
-                        name,
-                        LINES_PER_PSEUDO_DOCUMENT,
-                    )
+                    start_chunking()
                 yield from emit(paragraph, nbytes)
                 paragraph, nbytes = [], 0
         else:
@@ -139,12 +143,7 @@ def blank_line_documents(lines: Iterable[tuple[str, int]], name: str = "") -> It
                 paragraph, nbytes, first = [], 0, False
     if paragraph:
         if first and not chunked and len(paragraph) > LINES_PER_PSEUDO_DOCUMENT:
-            chunked = True
-            log.warning(
-                "%s has no blank line between documents: every %d lines are taken as one document",
-                name,
-                LINES_PER_PSEUDO_DOCUMENT,
-            )
+            start_chunking()
         yield from emit(paragraph, nbytes)
 
 
