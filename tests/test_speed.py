@@ -129,7 +129,8 @@ def test_cuda_run_uses_fused_adamw_and_bf16(tmp_path):  # pragma: no cover - CPU
 def test_chunked_lm_loss_matches_the_whole_logits_path():
     """Loss and every gradient equal the plain (tokens x vocab) path, with chunks that split the rows
     unevenly and ignored targets (padding) in between."""
-    from pretrain.model import IGNORE_INDEX, _ce_term, chunked_lm_loss_term
+    from pretrain.model import IGNORE_INDEX, chunked_lm_loss_term
+    from pretrain.model.losses import _ce_term
 
     hidden = torch.randn(3, 10, 16, requires_grad=True)
     weight = torch.randn(37, 16, requires_grad=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from ..targets import IGNORE_INDEX
 
 
 def pad_to_tensor(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:

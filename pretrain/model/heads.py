@@ -1,0 +1,180 @@
+"""The pretraining models: BERT (masked LM + next sentence) and GPT (causal LM), on the shared trunk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..targets import IGNORE_INDEX
+from .config import TransformerConfig
+from .core import ACTIVATIONS, KVCache, ModelOutput, Transformer, init_weights, make_norm
+from .generation import generate
+from .losses import _ce_term, _terms_to_loss, chunked_lm_loss_term, lm_loss_term
+
+
+class HeadTransform(nn.Module):
+    """dense -> activation -> norm: what ModernBERT's task heads apply before their output layer."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.bias)
+        self.act = ACTIVATIONS[config.activation]
+        self.norm = make_norm(config)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.dense(h)))
+
+
+class MLMHead(nn.Module):
+    """dense -> activation -> LayerNorm -> decoder (tied to the word embeddings) + bias."""
+
+    def __init__(self, config: TransformerConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.bias)
+        self.act = ACTIVATIONS[config.activation]
+        self.norm = make_norm(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.decoder.weight = word_embeddings.weight
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(self.act(self.dense(h)))) + self.bias
+
+
+class PretrainedModel(nn.Module):
+    """Shared plumbing of the task models: a `transformer` trunk plus heads, built from one config."""
+
+    family_heads: tuple[str, ...] = ()
+
+    def __init__(self, config: TransformerConfig, pooler: bool = False):
+        super().__init__()
+        self.config = config
+        self.transformer = Transformer(config, pooler=pooler)
+
+    def _init_heads(self, *modules: nn.Module) -> None:
+        for m in modules:
+            m.apply(lambda mod: init_weights(mod, self.config.init_std))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+    # GPT's fine-tuning heads may add the LM loss as an auxiliary objective (0.5 in the GPT paper)
+
+    def _add_aux_lm_head(self, weight: float) -> None:
+        if self.config.causal and weight:
+            self.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False)
+            self.lm_head.weight = self.transformer.embeddings.word.weight
+
+    def _aux_lm_term(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, weight: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX) if attention_mask is not None else input_ids
+        total, count = lm_loss_term(self.lm_head(hidden), labels)
+        return total * weight, count
+
+    @staticmethod
+    def _aux_lm_count(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        mask = batch.get("attention_mask")
+        return mask[..., 1:].sum() if mask is not None else torch.tensor(batch["input_ids"][..., 1:].numel())
+
+    @staticmethod
+    def loss_counts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class BertPretraining(PretrainedModel):
+    """BERT pretraining: masked-LM head (+ next-sentence head unless `nsp=False`).
+
+    With MLM `labels` given, the MLM head runs only on the labelled positions: at ~15% of tokens
+    that is most of the step's compute and memory saved."""
+
+    def __init__(self, config: TransformerConfig, nsp: bool = True):
+        if config.causal:
+            raise ValueError("BertPretraining needs a bidirectional model (causal=false)")
+        super().__init__(config, pooler=nsp)  # as in HF: the pooler exists for the NSP head only
+        self.mlm_head = MLMHead(config, self.transformer.embeddings.word)
+        self.nsp_head = nn.Linear(config.hidden_size, 2) if nsp else None
+        self._init_heads(*(m for m in (self.mlm_head.dense, self.mlm_head.norm, self.nsp_head) if m is not None))
+        if not config.tie_embeddings:
+            self._init_heads(self.mlm_head.decoder)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        next_sentence_label: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        out = self.transformer(input_ids, attention_mask, token_type_ids, output_attentions=output_attentions)
+        h = out.last_hidden_state
+        if labels is not None:
+            selected = labels != IGNORE_INDEX
+            out.prediction_logits = self.mlm_head(h[selected])
+            out.loss_terms["mlm"] = _ce_term(out.prediction_logits, labels[selected])
+        else:
+            out.prediction_logits = self.mlm_head(h)
+        if self.nsp_head is not None:
+            out.seq_relationship_logits = self.nsp_head(out.pooler_output)
+            if next_sentence_label is not None:
+                out.loss_terms["nsp"] = _ce_term(out.seq_relationship_logits, next_sentence_label)
+        out.loss = _terms_to_loss(out.loss_terms)
+        return out
+
+    @staticmethod
+    def loss_counts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        counts = {}
+        if "labels" in batch:
+            counts["mlm"] = (batch["labels"] != IGNORE_INDEX).sum()
+        if "next_sentence_label" in batch:
+            counts["nsp"] = (batch["next_sentence_label"] != IGNORE_INDEX).sum()
+        return counts
+
+
+class CausalLM(PretrainedModel):
+    """GPT: causal decoder with a (tied) language-model head; next-token loss."""
+
+    def __init__(self, config: TransformerConfig):
+        if not config.causal:
+            raise ValueError("CausalLM needs a causal model (causal=true)")
+        super().__init__(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.embeddings.word.weight
+        else:
+            self._init_heads(self.lm_head)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
+        use_cache: bool = False,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        out = self.transformer(input_ids, attention_mask, token_type_ids, past_key_values, use_cache, output_attentions)
+        if labels is not None and torch.is_grad_enabled():
+            # training: the LM head and its loss run chunk by chunk; the (tokens x vocab) logits and their
+            # gradient never exist whole (for GPT-2's 50k words they are most of a small model's memory)
+            out.loss_terms["lm"] = chunked_lm_loss_term(out.last_hidden_state, self.lm_head.weight, labels)
+            out.loss = _terms_to_loss(out.loss_terms)
+            return out  # out.logits stays None; call under torch.no_grad() (or without labels) to get them
+        out.logits = self.lm_head(out.last_hidden_state)
+        if labels is not None:
+            out.loss_terms["lm"] = lm_loss_term(out.logits, labels)
+        out.loss = _terms_to_loss(out.loss_terms)
+        return out
+
+    @staticmethod
+    def loss_counts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"lm": (batch["labels"][:, 1:] != IGNORE_INDEX).sum()} if "labels" in batch else {}
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **options: Any) -> torch.Tensor:
+        """Greedy (default) or sampled continuation; see pretrain.model.generation.generate."""
+        return generate(self, input_ids, max_new_tokens, **options)
