@@ -326,6 +326,8 @@ def _move_keys(values: dict[str, Any]) -> dict[str, Any]:
     for (old_group, name), (new_group, new_name) in MOVED_KEYS.items():
         if isinstance(values.get(old_group), dict) and name in values[old_group]:
             value = values[old_group].pop(name)
+            if value is None:  # the YAML's placeholder, not set by the user
+                continue
             logging.getLogger("pretrain").warning(
                 "%s.%s is now %s.%s (settings that change speed, never results); using %s.%s=%s",
                 old_group,
