@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from finetune.config import FinetuneConfig
-from pretrain.config import CONF_DIR, ConfigError, ImplConfig, ModelConfig, PretrainConfig, from_dict, model_preset
+from pretrain.config import CONF_DIR, ImplConfig, ModelConfig, PretrainConfig, from_dict, model_preset
+from pretrain.errors import ConfigError
 from pretrain.model import TransformerConfig
 
 
