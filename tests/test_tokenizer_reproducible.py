@@ -36,6 +36,7 @@ def tie_corpus(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family, vocab_size", [("bert", 300), ("gpt", 400)])
 def test_tokenizer_is_identical_across_processes_and_cache_directories(tmp_path, family, vocab_size):
     corpus = tie_corpus(tmp_path / "ties.txt")
