@@ -18,7 +18,8 @@ import sys
 from pretrain.config import DataConfig
 from pretrain.data import trained_tokenizer_dir, trained_tokenizer
 corpus, family, vocab, cache = sys.argv[1:]
-cfg = DataConfig(format="text", paths=[corpus], vocab_size=int(vocab), cache_dir=cache)
+files = dict(format="sample") if corpus == "sample" else dict(format="text", paths=[corpus])
+cfg = DataConfig(**files, vocab_size=int(vocab), cache_dir=cache)
 trained_tokenizer(cfg, family)
 print(trained_tokenizer_dir(cfg, family))
 """
@@ -37,9 +38,14 @@ def tie_corpus(path: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family, vocab_size", [("bert", 300), ("gpt", 400)])
-def test_tokenizer_is_identical_across_processes_and_cache_directories(tmp_path, family, vocab_size):
-    corpus = tie_corpus(tmp_path / "ties.txt")
+@pytest.mark.parametrize(
+    "family, vocab_size, corpus_name",
+    # the shipped sample at the default vocabulary: the WordPiece trainer's ties at its cut-off gave two
+    # different tokenizers in three processes before `##` pieces were registered in codepoint order
+    [("bert", 300, "ties"), ("gpt", 400, "ties"), ("bert", 8000, "sample")],
+)
+def test_tokenizer_is_identical_across_processes_and_cache_directories(tmp_path, family, vocab_size, corpus_name):
+    corpus = tie_corpus(tmp_path / "ties.txt") if corpus_name == "ties" else "sample"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "true"}
     procs = [
         subprocess.Popen(
@@ -56,9 +62,9 @@ def test_tokenizer_is_identical_across_processes_and_cache_directories(tmp_path,
     assert files[0] == files[1] == files[2], "byte-identical tokenizer.json: the same tokens with the same ids"
     vocab = json.loads(files[0])["model"]["vocab"]
     assert len(vocab) == vocab_size
-    # the ties are really there: some of the equal-count two-character words became tokens, not all
-    merged = [w for w in vocab if len(w.lstrip("Ġ")) == 2]
-    assert 0 < len(merged) < 36 * 36
+    if corpus_name == "ties":  # the ties are really there: some equal-count two-character words became tokens
+        merged = [w for w in vocab if len(w.lstrip("Ġ")) == 2]
+        assert 0 < len(merged) < 36 * 36
     if family == "bert":
         from transformers import BertTokenizerFast
 
