@@ -2,6 +2,8 @@
 rules in every epoch, every epoch the size the batch plan expects, and resume exact across epochs."""
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,44 @@ def test_resume_across_an_epoch_boundary_is_exact(tmp_path, monkeypatch):
     assert len(losses(full.train.output_dir)) == 6
     assert losses(killed.train.output_dir) == losses(full.train.output_dir)
     assert Path(tmp_path / "killed" / "checkpoints" / "step-00000006").is_dir()
+
+
+@pytest.mark.slow
+def test_two_processes_cross_an_epoch_like_one(tmp_path):
+    """Two processes (gloo on the CPU) reach epoch 1 together: one builds its pairing under the cache lock,
+    both read it, and the losses equal a single process's."""
+    from test_pretraining import CLI_TINY, _cli, losses
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(CORPUS) + "\n")
+    common = [
+        "model=bert-tiny",
+        "train.max_steps=6",
+        "train.save_every=0",
+        "train.eval_every=0",
+        "train.log_every=1",
+        "model.dropout=0.0",
+        "model.attention_dropout=0.0",
+        "train.plot=false",
+        "train.export=false",
+        "data.format=text",
+        f"data.paths=[{corpus}]",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        *CLI_TINY,
+        "data.vocab_size=300",
+    ]
+    single = _cli([*common, "train.batch_size=8", f"train.output_dir={tmp_path / 'one'}"], cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    shutil.rmtree(tmp_path / "cache" / "bert_pairs")  # the two processes build epoch 0 and 1 again, together
+    double = _cli(
+        [*common, "train.batch_size=4", f"train.output_dir={tmp_path / 'two'}"], cwd=tmp_path, launcher=launcher
+    )
+    assert double.returncode == 0, double.stderr[-3000:]
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "bert_pairs").glob("*/meta.json")]
+    assert sorted(m["epoch"] for m in metas) == [0, 0, 1], "train epochs 0 and 1, validation; nothing twice"
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert one.keys() == two.keys() and len(one) == 6
+    for step in one:
+        assert abs(one[step] - two[step]) < 1e-4, (step, one[step], two[step])
