@@ -14,7 +14,9 @@ END_OF_TEXT = "<|endoftext|>"
 
 
 def train_tokenizer(texts: Iterable[str], family: str, vocab_size: int, lowercase: bool = True) -> Any:
-    """Train a WordPiece (bert) or byte-level BPE (gpt) tokenizer on `texts`."""
+    """Train a WordPiece (bert) or byte-level BPE (gpt) tokenizer on `texts` (a bounded sample: BERT
+    holds it in memory). The same texts give the same tokenizer in any process: byte-level BPE numbers
+    its 256-byte alphabet in codepoint order, and WordPiece's pieces are registered so too (below)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     if family == "bert":
