@@ -456,7 +456,7 @@ def test_the_trained_tokenizer_does_not_depend_on_the_cache_directory(tmp_path):
 
 
 def test_tokenizer_sample_is_bounded_and_reproducible(tmp_path):
-    from pretrain.data.corpus import sample_texts
+    from pretrain.data.sampling import sample_texts
 
     big = tmp_path / "big.txt"
     big.write_text("".join(f"line {i} of a long corpus.\n" + ("\n" if i % 7 == 0 else "") for i in range(200_000)))

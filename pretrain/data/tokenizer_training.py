@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import DataConfig
 from ..tokenizer import load_tokenizer, train_tokenizer
-from .corpus import corpus_stamp, sample_texts
+from .sampling import corpus_stamp, sample_texts
 from .shards import cache_entry, cache_root, key_of, tokenizer_threads
 
 log = logging.getLogger(__name__)
