@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"  {label:12}  {ms:8.1f} ms/step  {tokens / ms * 1000:8.0f} tokens/s  peak {peak[name] / 2**20:7.1f} MiB"
         )
-    print(f"  speed-up (median of HF / ours per round): {speedup:.2f}x")
+    print(f"  speed-up (HF / ours): {speedup:.2f}x (median over rounds of the per-round ratio)")
     print(f"  peak memory (ours / HF): {peak['ours'] / peak['hf']:.2f}x")
 
 
