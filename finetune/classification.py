@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pretrain.config import ConfigError, DataError
-from pretrain.data import pad_to_tensor
+from pretrain.data import next_token_labels, pad_to_tensor
 
 from .config import FinetuneDataConfig
 
@@ -254,8 +254,10 @@ def encode_texts(tokenizer: Any, rows: list[dict[str, Any]], cfg: FinetuneDataCo
 
 
 class ClassificationCollator:
-    def __init__(self, pad_id: int, regression: bool):
-        self.pad_id, self.regression = pad_id, regression
+    """Right-padded batches; `lm_labels=True` adds the targets of GPT's auxiliary LM loss."""
+
+    def __init__(self, pad_id: int, regression: bool, lm_labels: bool = False):
+        self.pad_id, self.regression, self.lm_labels = pad_id, regression, lm_labels
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         ids = [e["input_ids"] for e in examples]
@@ -268,6 +270,8 @@ class ClassificationCollator:
         if "labels" in examples[0]:
             dtype = torch.float if self.regression else torch.long
             batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=dtype)
+            if self.lm_labels:
+                batch["lm_labels"] = next_token_labels(batch["input_ids"], batch["attention_mask"])
         return batch
 
 

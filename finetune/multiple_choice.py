@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from pretrain.config import ConfigError
-from pretrain.data import pad_to_tensor
+from pretrain.data import next_token_labels, pad_to_tensor
 
 from .config import FinetuneDataConfig
 
@@ -115,10 +115,11 @@ def features(tokenizer: Any, examples: list[ChoiceExample], max_length: int, cau
 
 
 class ChoicesCollator:
-    """Examples of N encoded sequences each -> (batch, N, length) tensors, padded on the right."""
+    """Examples of N encoded sequences each -> (batch, N, length) tensors, padded on the right;
+    `lm_labels=True` adds the targets of GPT's auxiliary LM loss."""
 
-    def __init__(self, pad_id: int, label_dtype: torch.dtype = torch.long):
-        self.pad_id, self.label_dtype = pad_id, label_dtype
+    def __init__(self, pad_id: int, label_dtype: torch.dtype = torch.long, lm_labels: bool = False):
+        self.pad_id, self.label_dtype, self.lm_labels = pad_id, label_dtype, lm_labels
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         n = len(examples[0]["choices"])
@@ -133,6 +134,8 @@ class ChoicesCollator:
         batch = {k: v.view(len(examples), n, -1) for k, v in batch.items()}
         if "labels" in examples[0]:
             batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=self.label_dtype)
+            if self.lm_labels:
+                batch["lm_labels"] = next_token_labels(batch["input_ids"], batch["attention_mask"])
         return batch
 
 

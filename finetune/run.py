@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pretrain.config import ConfigError, check_output_dir, to_dict
+from pretrain.data import padding_id
 from pretrain.tokenizer import load_tokenizer
 from pretrain.tokenizer_identity import same_tokenizer, saved_tokenizer_dir
 from pretrain.train import Task, make_accelerator, prepare_output_dir, train
@@ -47,6 +48,11 @@ def set_dropout(model: torch.nn.Module, p: float) -> None:
             m.p = p
         if hasattr(m, "attention_dropout"):
             m.attention_dropout = p
+
+
+def logits_of(out: Any, batch: dict) -> list[np.ndarray]:
+    """Per example: the classification logits (or the choice scores)."""
+    return list(out.logits.float().cpu().numpy())
 
 
 def predict(
@@ -206,9 +212,10 @@ def _classification(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any):
     labels = cls.label_vocabulary(train_rows, d)
     num_labels = 1 if d.regression else len(labels)
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = padding_id(tokenizer)
     model = cls.load_classifier(cfg.model.init, num_labels, cfg.model.lm_loss_weight, labels, pad, d.symmetric)
     causal = model.config.causal
+    aux_lm = causal and cfg.model.lm_loss_weight > 0  # the batches carry the auxiliary LM loss's targets
     features = []
     for split, rows in (("train", train_rows), ("validation", val_rows)):
         where = {"train": train_file, "validation": validation_file}[split] or f"the {split} split"
@@ -222,13 +229,10 @@ def _classification(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any):
         features.append([{**{k: v[i] for k, v in enc.items()}, "labels": targets[i]} for i in range(len(rows))])
     train_features, val_features = features
     if d.symmetric:
-        collate = mc.ChoicesCollator(pad, torch.float if d.regression else torch.long)
+        collate = mc.ChoicesCollator(pad, torch.float if d.regression else torch.long, aux_lm)
     else:
-        collate = cls.ClassificationCollator(pad, d.regression)
+        collate = cls.ClassificationCollator(pad, d.regression, aux_lm)
     batch_size = cfg.train.batch_size
-
-    def logits_of(out: Any, batch: dict) -> list[np.ndarray]:
-        return list(out.logits.float().cpu().numpy())
 
     def evaluate_all(m: Any, acc: Any) -> tuple[dict[str, float], np.ndarray]:
         logits = np.stack(predict(m, acc, val_features, collate, batch_size, logits_of))
@@ -349,7 +353,7 @@ def _token_classification(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any)
     causal = model.config.causal
     train_features = tc.windows(tokenizer, train_sentences, labels, d, causal)
     val_features = tc.windows(tokenizer, val_sentences, labels, d, causal)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = padding_id(tokenizer)
     collate = tc.TokenCollator(pad)
     gold = [s.tags for s in val_sentences]
     batch_size = cfg.train.batch_size
@@ -395,16 +399,13 @@ def _multiple_choice(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any):
     causal = model.config.causal
     train_features = mc.features(tokenizer, train_examples, d.max_length, causal)
     val_features = mc.features(tokenizer, val_examples, d.max_length, causal)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collate = mc.ChoicesCollator(pad)
+    pad = padding_id(tokenizer)
+    collate = mc.ChoicesCollator(pad, lm_labels=causal and cfg.model.lm_loss_weight > 0)
     gold = np.array([ex.label for ex in val_examples])
     batch_size = cfg.train.batch_size
 
-    def scores_of(out: Any, batch: dict) -> list[np.ndarray]:
-        return list(out.logits.float().cpu().numpy())
-
     def evaluate_all(m: Any, acc: Any) -> tuple[dict[str, float], np.ndarray]:
-        scores = np.stack(predict(m, acc, val_features, collate, batch_size, scores_of))
+        scores = np.stack(predict(m, acc, val_features, collate, batch_size, logits_of))
         return mc.accuracy(scores, gold), scores
 
     evaluation = Evaluation(evaluate_all)

@@ -88,8 +88,8 @@ def step_flops(model: Any, micro: list[dict[str, Any]], counts: dict[str, Any], 
         return 0.0  # not one of our models, or a (batch, choices, length) input: not counted
     batch, length = micro[0]["input_ids"].shape
     n = len(micro) * world
-    if "mlm" in counts:
-        predicted = counts["mlm"]  # already global
+    if hasattr(model, "mlm_head") and "labels" in counts:
+        predicted = counts["labels"]  # the masked positions, already global
     else:
         predicted = batch * length * n if hasattr(model, "lm_head") else 0  # a classifier has no vocabulary head
     with_pooler = getattr(model.transformer, "pooler", None) is not None

@@ -134,7 +134,7 @@ def poison(monkeypatch, bad_calls):
             if task.model.training:
                 calls["n"] += 1
                 if calls["n"] in bad_calls:
-                    out.loss_terms = {n: (t * float("nan"), c) for n, (t, c) in out.loss_terms.items()}
+                    out.loss_terms = {n: t._replace(total=t.total * float("nan")) for n, t in out.loss_terms.items()}
             return out
 
         task.model.forward = nan_forward

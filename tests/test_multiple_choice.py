@@ -17,8 +17,10 @@ from finetune.run import run_finetune
 from pretrain import BertPretraining, save_hf
 from pretrain.checkpoint import load_model_dir, save_model_dir
 from pretrain.config import ConfigError, TrainConfig
+from pretrain.data import next_token_labels
 from pretrain.model import MultipleChoice, SequenceClassifier
 from pretrain.tokenizer import train_tokenizer
+from pretrain.train.loop import target_count
 
 COLOURS = ["red", "blue", "green", "black", "white", "pink"]
 THINGS = ["car", "hat", "cup", "door", "ball", "kite"]
@@ -280,8 +282,10 @@ def test_gpt_auxiliary_lm_loss_covers_every_choice_and_its_count_matches():
     mask = torch.ones_like(ids)
     mask[0, 1, 5:] = 0
     batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([2, 0])}
+    batch["lm_labels"] = next_token_labels(ids, mask)
     out = model(**batch)
-    counts = model.loss_counts(batch)
     assert set(out.loss_terms) == {"choice", "lm_aux"}
-    assert out.loss_terms["lm_aux"][1] == counts["lm_aux"] == 2 * 3 * 6 - 2
-    assert out.loss_terms["choice"][1] == counts["choice"] == 2
+    # the loop's denominators (counted from the batch) equal what the model scored
+    assert out.loss_terms["lm_aux"].count == target_count(batch["lm_labels"]) == 2 * 3 * 6 - 2
+    assert out.loss_terms["choice"].count == target_count(batch["labels"]) == 2
+    assert "lm_aux" not in model(**{k: v for k, v in batch.items() if k != "lm_labels"}).loss_terms

@@ -130,18 +130,18 @@ def test_chunked_lm_loss_matches_the_whole_logits_path():
     """Loss and every gradient equal the plain (tokens x vocab) path, with chunks that split the rows
     unevenly and ignored targets (padding) in between."""
     from pretrain.model import IGNORE_INDEX, chunked_lm_loss_term
-    from pretrain.model.losses import _ce_term
+    from pretrain.model.losses import ce_term
 
     hidden = torch.randn(3, 10, 16, requires_grad=True)
     weight = torch.randn(37, 16, requires_grad=True)
     labels = torch.randint(0, 37, (3, 10))
     labels[1, 6:] = IGNORE_INDEX
-    total, count = chunked_lm_loss_term(hidden, weight, labels, chunk_elements=37 * 7)
+    total, count, _ = chunked_lm_loss_term(hidden, weight, labels, chunk_elements=37 * 7)
     (total * 0.5).backward()
     grads = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None
     targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
-    expected, expected_count = _ce_term((hidden @ weight.t()).reshape(-1, 37), targets)
+    expected, expected_count, _ = ce_term((hidden @ weight.t()).reshape(-1, 37), targets)
     (expected * 0.5).backward()
     assert count == expected_count == 3 * 9 - 4
     torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-5)

@@ -15,7 +15,7 @@ any step. This package knows the tokenizer and the sequence length, nothing of t
 from .batching import BatchPlan, PlannedBatches, SeededExamples, example_seed
 from .bert_pairs import BertExamples, document_pairs, full_sentences
 from .blocks import PackedBlocks, pack_blocks
-from .collators import IGNORE_INDEX, CausalCollator, MLMCollator, pad_to_tensor
+from .collators import IGNORE_INDEX, CausalCollator, MLMCollator, next_token_labels, pad_to_tensor, padding_id
 from .corpus import (
     LINES_PER_PSEUDO_DOCUMENT,
     SAMPLE_CORPUS,
@@ -36,6 +36,8 @@ __all__ = [
     "BatchPlan",
     "BertExamples",
     "CausalCollator",
+    "next_token_labels",
+    "padding_id",
     "MLMCollator",
     "PackedBlocks",
     "PlannedBatches",

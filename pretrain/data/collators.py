@@ -72,16 +72,30 @@ class MLMCollator:
         return ids, labels
 
 
+def padding_id(tokenizer: Any) -> int:
+    """The id that pads a batch: the tokenizer's pad token, or EOS for GPT-2-style tokenizers that have none."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def next_token_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Targets of a next-token loss: the tokens themselves, IGNORE_INDEX on padding and at each row's
+    first position (nothing predicts it), so counting the labels != IGNORE_INDEX counts the targets."""
+    labels = input_ids.clone() if attention_mask is None else input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    labels[..., 0] = IGNORE_INDEX
+    return labels
+
+
 class CausalCollator:
     """Stacks packed blocks; labels are the inputs (the loss shifts them). Pads only a short tail block."""
 
     def __init__(self, tokenizer: Any):
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = padding_id(tokenizer)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [e["input_ids"] for e in examples]
         input_ids = pad_to_tensor(seqs, self.pad_id)
-        batch = {"input_ids": input_ids, "labels": pad_to_tensor(seqs, IGNORE_INDEX)}
+        batch = {"input_ids": input_ids}
         if len({len(s) for s in seqs}) > 1:
-            batch["attention_mask"] = (batch["labels"] != IGNORE_INDEX).long()
+            batch["attention_mask"] = (pad_to_tensor(seqs, IGNORE_INDEX) != IGNORE_INDEX).long()
+        batch["labels"] = next_token_labels(input_ids, batch.get("attention_mask"))
         return batch

@@ -11,7 +11,7 @@ from ..targets import IGNORE_INDEX
 from .config import TransformerConfig
 from .core import ACTIVATIONS, KVCache, ModelOutput, Transformer, init_weights, make_norm
 from .generation import generate
-from .losses import _ce_term, _terms_to_loss, chunked_lm_loss_term, lm_loss_term
+from .losses import LossTerm, ce_term, chunked_lm_loss_term, lm_loss_term, mean_loss
 
 
 class HeadTransform(nn.Module):
@@ -68,21 +68,9 @@ class PretrainedModel(nn.Module):
             self.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False)
             self.lm_head.weight = self.transformer.embeddings.word.weight
 
-    def _aux_lm_term(
-        self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, weight: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX) if attention_mask is not None else input_ids
-        total, count = lm_loss_term(self.lm_head(hidden), labels)
-        return total * weight, count
-
-    @staticmethod
-    def _aux_lm_count(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        mask = batch.get("attention_mask")
-        return mask[..., 1:].sum() if mask is not None else torch.tensor(batch["input_ids"][..., 1:].numel())
-
-    @staticmethod
-    def loss_counts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def _aux_lm_term(self, hidden: torch.Tensor, lm_labels: torch.Tensor) -> LossTerm:
+        total, count, targets = lm_loss_term(self.lm_head(hidden), lm_labels, "lm_labels")
+        return LossTerm(total * self.lm_loss_weight, count, targets)
 
 
 class BertPretraining(PretrainedModel):
@@ -115,24 +103,15 @@ class BertPretraining(PretrainedModel):
         if labels is not None:
             selected = labels != IGNORE_INDEX
             out.prediction_logits = self.mlm_head(h[selected])
-            out.loss_terms["mlm"] = _ce_term(out.prediction_logits, labels[selected])
+            out.loss_terms["mlm"] = ce_term(out.prediction_logits, labels[selected])
         else:
             out.prediction_logits = self.mlm_head(h)
         if self.nsp_head is not None:
             out.seq_relationship_logits = self.nsp_head(out.pooler_output)
             if next_sentence_label is not None:
-                out.loss_terms["nsp"] = _ce_term(out.seq_relationship_logits, next_sentence_label)
-        out.loss = _terms_to_loss(out.loss_terms)
+                out.loss_terms["nsp"] = ce_term(out.seq_relationship_logits, next_sentence_label, "next_sentence_label")
+        out.loss = mean_loss(out.loss_terms)
         return out
-
-    @staticmethod
-    def loss_counts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        counts = {}
-        if "labels" in batch:
-            counts["mlm"] = (batch["labels"] != IGNORE_INDEX).sum()
-        if "next_sentence_label" in batch:
-            counts["nsp"] = (batch["next_sentence_label"] != IGNORE_INDEX).sum()
-        return counts
 
 
 class CausalLM(PretrainedModel):
@@ -163,17 +142,13 @@ class CausalLM(PretrainedModel):
             # training: the LM head and its loss run chunk by chunk; the (tokens x vocab) logits and their
             # gradient never exist whole (for GPT-2's 50k words they are most of a small model's memory)
             out.loss_terms["lm"] = chunked_lm_loss_term(out.last_hidden_state, self.lm_head.weight, labels)
-            out.loss = _terms_to_loss(out.loss_terms)
+            out.loss = mean_loss(out.loss_terms)
             return out  # out.logits stays None; call under torch.no_grad() (or without labels) to get them
         out.logits = self.lm_head(out.last_hidden_state)
         if labels is not None:
             out.loss_terms["lm"] = lm_loss_term(out.logits, labels)
-        out.loss = _terms_to_loss(out.loss_terms)
+        out.loss = mean_loss(out.loss_terms)
         return out
-
-    @staticmethod
-    def loss_counts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"lm": (batch["labels"][:, 1:] != IGNORE_INDEX).sum()} if "labels" in batch else {}
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **options: Any) -> torch.Tensor:
         """Greedy (default) or sampled continuation; see pretrain.model.generation.generate."""

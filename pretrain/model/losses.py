@@ -1,7 +1,10 @@
-"""The loss terms the heads return: (summed loss, number of targets), never a mean, so the training
-loop can normalise over a whole accumulated batch (see pretrain.train.loop.normalised_loss)."""
+"""The loss terms the heads return: a sum over targets and their number, never a mean, so the training
+loop can normalise over a whole accumulated batch (pretrain.train.loop.normalised_loss). The chunked LM
+cross-entropy lives here too."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -9,32 +12,45 @@ import torch.nn.functional as F
 from ..targets import IGNORE_INDEX
 
 
-def _terms_to_loss(terms: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | None:
-    if not terms:
-        return None
-    return sum(total / count.clamp(min=1) for total, count in terms.values())
+class LossTerm(NamedTuple):
+    """One loss of a model's output: summed over its targets, their number, and the batch key that holds
+    the targets (entries != IGNORE_INDEX; every entry of float regression labels). The training loop
+    counts that key over all micro-batches and processes and divides by it."""
+
+    total: torch.Tensor
+    count: torch.Tensor
+    targets: str
+
+    def mean(self) -> torch.Tensor:
+        return self.total / self.count.clamp(min=1)
 
 
-def _ce_term(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mean_loss(terms: dict[str, LossTerm]) -> torch.Tensor | None:
+    """The batch's own loss, the sum of the per-term means (what `out.loss` reports)."""
+    return sum(term.mean() for term in terms.values()) if terms else None
+
+
+def ce_term(logits: torch.Tensor, labels: torch.Tensor, targets: str = "labels") -> LossTerm:
     total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total, (labels != IGNORE_INDEX).sum()
+    return LossTerm(total, (labels != IGNORE_INDEX).sum(), targets)
 
 
-def lm_loss_term(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def lm_loss_term(logits: torch.Tensor, labels: torch.Tensor, targets: str = "labels") -> LossTerm:
     """Next-token loss: logits at t predict labels at t + 1. The labels are shifted, not the logits,
-    so the (batch x length x vocab) tensor is never copied."""
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-    return _ce_term(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+    so the (batch x length x vocab) tensor is never copied. (The collators put IGNORE_INDEX at each
+    row's first label, which nothing predicts, so counting the batch key counts these targets.)"""
+    shifted = F.pad(labels[..., 1:], (0, 1), value=IGNORE_INDEX)
+    return ce_term(logits.reshape(-1, logits.size(-1)), shifted.reshape(-1), targets)
 
 
 def chunked_lm_loss_term(
     hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_elements: int = 2**23
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> LossTerm:
     """lm_loss_term(hidden @ weight.T, labels) without the whole logits: `chunk_elements` logits at a time."""
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
+    shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
     rows = max(1, chunk_elements // weight.size(0))
-    total = _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.size(-1)), weight, targets, rows)
-    return total, (targets != IGNORE_INDEX).sum()
+    total = _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.size(-1)), weight, shifted, rows)
+    return LossTerm(total, (shifted != IGNORE_INDEX).sum(), "labels")
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

@@ -6,11 +6,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..targets import IGNORE_INDEX
 from .config import TransformerConfig
 from .core import ModelOutput
 from .heads import HeadTransform, PretrainedModel
-from .losses import _ce_term, _terms_to_loss
+from .losses import LossTerm, ce_term, mean_loss
 
 
 class SequenceClassifier(PretrainedModel):
@@ -42,6 +41,7 @@ class SequenceClassifier(PretrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        lm_labels: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> ModelOutput:
         if self.symmetric:  # (B, 2, T) -> (2B, T): both orders in one forward pass
@@ -49,8 +49,9 @@ class SequenceClassifier(PretrainedModel):
                 raise ValueError(
                     f"a symmetric classifier takes (batch, 2, length) inputs, not {tuple(input_ids.shape)}"
                 )
-            input_ids, attention_mask, token_type_ids = (
-                x.flatten(0, 1) if x is not None else None for x in (input_ids, attention_mask, token_type_ids)
+            input_ids, attention_mask, token_type_ids, lm_labels = (
+                x.flatten(0, 1) if x is not None else None
+                for x in (input_ids, attention_mask, token_type_ids, lm_labels)
             )
         position_ids = None
         if self.config.causal and attention_mask is not None:  # left padding: count positions from the first token
@@ -76,24 +77,14 @@ class SequenceClassifier(PretrainedModel):
         if labels is not None:
             if self.num_labels == 1:
                 n = torch.tensor(labels.numel(), device=labels.device)
-                out.loss_terms["cls"] = (F.mse_loss(out.logits.squeeze(-1).float(), labels.float(), reduction="sum"), n)
+                total = F.mse_loss(out.logits.squeeze(-1).float(), labels.float(), reduction="sum")
+                out.loss_terms["cls"] = LossTerm(total, n, "labels")
             else:
-                out.loss_terms["cls"] = _ce_term(out.logits, labels)
-            if self.lm_loss_weight and self.config.causal:
-                out.loss_terms["lm_aux"] = self._aux_lm_term(
-                    out.last_hidden_state, input_ids, attention_mask, self.lm_loss_weight
-                )
-        out.loss = _terms_to_loss(out.loss_terms)
+                out.loss_terms["cls"] = ce_term(out.logits, labels)
+        if lm_labels is not None and self.lm_loss_weight and self.config.causal:
+            out.loss_terms["lm_aux"] = self._aux_lm_term(out.last_hidden_state, lm_labels)
+        out.loss = mean_loss(out.loss_terms)
         return out
-
-    def loss_counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if "labels" not in batch:
-            return {}
-        labels = batch["labels"]
-        counts = {"cls": (labels != IGNORE_INDEX).sum() if self.num_labels > 1 else torch.tensor(labels.numel())}
-        if self.lm_loss_weight and self.config.causal:
-            counts["lm_aux"] = self._aux_lm_count(batch)
-        return counts
 
 
 class SpanQA(PretrainedModel):
@@ -121,15 +112,12 @@ class SpanQA(PretrainedModel):
         out.start_logits, out.end_logits = start, end
         if start_positions is not None and end_positions is not None:
             # as in BERT: the mean of the start and end losses
-            s_total, count = _ce_term(start, start_positions)
-            e_total, _ = _ce_term(end, end_positions)
-            out.loss_terms["span"] = ((s_total + e_total) / 2, count)
-        out.loss = _terms_to_loss(out.loss_terms)
+            start_term, end_term = ce_term(start, start_positions), ce_term(end, end_positions)
+            out.loss_terms["span"] = LossTerm(
+                (start_term.total + end_term.total) / 2, start_term.count, "start_positions"
+            )
+        out.loss = mean_loss(out.loss_terms)
         return out
-
-    @staticmethod
-    def loss_counts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"span": (batch["start_positions"] != IGNORE_INDEX).sum()} if "start_positions" in batch else {}
 
 
 def last_token_features(h: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -165,13 +153,9 @@ class TokenClassifier(PretrainedModel):
         out = self.transformer(input_ids, attention_mask, token_type_ids, output_attentions=output_attentions)
         out.logits = self.classifier(self.dropout(out.last_hidden_state))
         if labels is not None:
-            out.loss_terms["tokens"] = _ce_term(out.logits.view(-1, self.num_labels), labels.reshape(-1))
-        out.loss = _terms_to_loss(out.loss_terms)
+            out.loss_terms["tokens"] = ce_term(out.logits.view(-1, self.num_labels), labels.reshape(-1))
+        out.loss = mean_loss(out.loss_terms)
         return out
-
-    @staticmethod
-    def loss_counts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"tokens": (batch["labels"] != IGNORE_INDEX).sum()} if "labels" in batch else {}
 
 
 class MultipleChoice(PretrainedModel):
@@ -193,6 +177,7 @@ class MultipleChoice(PretrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        lm_labels: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> ModelOutput:
         if input_ids.dim() != 3:
@@ -207,16 +192,8 @@ class MultipleChoice(PretrainedModel):
             features = out.pooler_output
         out.logits = self.classifier(self.dropout(features)).view(batch, choices)
         if labels is not None:
-            out.loss_terms["choice"] = _ce_term(out.logits, labels)
-            if self.lm_loss_weight and self.config.causal:
-                out.loss_terms["lm_aux"] = self._aux_lm_term(out.last_hidden_state, ids, flat[0], self.lm_loss_weight)
-        out.loss = _terms_to_loss(out.loss_terms)
+            out.loss_terms["choice"] = ce_term(out.logits, labels)
+        if lm_labels is not None and self.lm_loss_weight and self.config.causal:
+            out.loss_terms["lm_aux"] = self._aux_lm_term(out.last_hidden_state, lm_labels.flatten(0, 1))
+        out.loss = mean_loss(out.loss_terms)
         return out
-
-    def loss_counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if "labels" not in batch:
-            return {}
-        counts = {"choice": (batch["labels"] != IGNORE_INDEX).sum()}
-        if self.lm_loss_weight and self.config.causal:
-            counts["lm_aux"] = self._aux_lm_count(batch)
-        return counts

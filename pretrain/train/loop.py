@@ -28,6 +28,8 @@ from ..budget import TrainClock, budget_spent
 from ..config import ConfigError, TrainConfig
 from ..data import BatchPlan, PlannedBatches, SeededExamples
 from ..flops import device_peak_flops, step_flops, throughput
+from ..model.losses import LossTerm
+from ..targets import IGNORE_INDEX
 from . import distributed
 from .checkpoints import (
     CheckpointManager,
@@ -249,7 +251,7 @@ def train_step(
     """Forward and backward over the micro-batches, then one optimizer step unless the gradients are
     not finite. Returns the step's loss and the global loss counts, on the device."""
     world = accelerator.num_processes
-    counts = _global_counts(accelerator, [run.unwrapped.loss_counts(b) for b in micro])
+    counts = global_target_counts(accelerator, micro)
     step_loss = torch.zeros((), device=accelerator.device)
     for i, batch in enumerate(micro):
         last = i == len(micro) - 1
@@ -260,7 +262,7 @@ def train_step(
             context = _null_context() if last else accelerator.no_sync(run.model)
         with context:
             output = run.model(**batch)
-            loss = sum(total / counts[name] for name, (total, _) in output.loss_terms.items())
+            loss = normalised_loss(output.loss_terms, counts)
             accelerator.backward(loss * world)  # DDP / FSDP average over processes; we want the global sum
         step_loss += loss.detach().float()
     if run.parallelism == "fsdp":
@@ -604,12 +606,27 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _global_counts(accelerator: Any, per_batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Labelled items of each loss term over all micro-batches and processes: the denominators."""
-    names = sorted(per_batch[0])
-    local = torch.stack([sum(c[n] for c in per_batch).to(accelerator.device).float() for n in names])
+TARGET_KEYS = ("labels", "next_sentence_label", "start_positions", "lm_labels")  # what loss terms average over
+
+
+def target_count(targets: torch.Tensor) -> torch.Tensor:
+    """The targets a loss averages over: entries != IGNORE_INDEX (every entry of float regression labels)."""
+    return torch.tensor(targets.numel()) if targets.is_floating_point() else (targets != IGNORE_INDEX).sum()
+
+
+def global_target_counts(accelerator: Any, micro: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Targets under each target key over all micro-batches and processes: the loss denominators, so a
+    step's loss is the mean over every target of the global batch, whatever its split into micro-batches,
+    processes and padding. One reduction per step, no host sync."""
+    keys = [key for key in TARGET_KEYS if key in micro[0]]
+    local = torch.stack([sum(target_count(b[k]).to(accelerator.device) for b in micro).float() for k in keys])
     total = accelerator.reduce(local, reduction="sum") if accelerator.num_processes > 1 else local
-    return {n: total[i].clamp(min=1) for i, n in enumerate(names)}
+    return {k: total[i].clamp(min=1) for i, k in enumerate(keys)}
+
+
+def normalised_loss(terms: dict[str, LossTerm], counts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """This micro-batch's share of the step loss: each term's sum over the global count of its targets."""
+    return sum(term.total / counts[term.targets] for term in terms.values())
 
 
 def _gather(accelerator: Any, obj: Any) -> list[Any]:
