@@ -1,4 +1,4 @@
-"""`python -m finetune` / `finetune`: the hydra app over conf/finetune.yaml."""
+"""`python -m finetune` / `finetune`: the hydra app over conf/finetune/ (its data/ group holds fine-tuning datasets)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pretrain.hydra_utils import CONF_DIR, clear_errors, run_cli
 from .config import FinetuneConfig
 
 
-@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="finetune")
+@hydra.main(version_base=None, config_path=str(CONF_DIR / "finetune"), config_name="finetune")
 @clear_errors
 def _app(raw: DictConfig) -> None:
     from .run import run_finetune

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pretrain.config import ConfigError, TrainConfig, check_source, require
+from pretrain.config import ConfigError, ImplConfig, TrainConfig, check_source, require
 
 
 @dataclass
@@ -61,11 +61,13 @@ class FinetuneConfig:
     model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    impl: ImplConfig = field(default_factory=ImplConfig)
     eval_per_epoch: bool = True  # evaluate at the end of each epoch (and keep the best model)
     seed: int = 0
 
     def validate(self) -> None:
         self.train.validate()
+        self.impl.validate()
         if not self.model.init:
             raise ConfigError(
                 "model.init is required: one of our checkpoints or exports, or a Hugging Face BERT / GPT-2 "

@@ -125,7 +125,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     cfg.validate()
     check_output_dir("train.output_dir", cfg.train.output_dir)
     prepare_output_dir(cfg.train)
-    accelerator = make_accelerator(cfg.train)
+    accelerator = make_accelerator(cfg.train, cfg.impl)
     out = Path(cfg.train.output_dir)
     tokenizer = load_tokenizer(cfg.model.tokenizer) if cfg.model.tokenizer else find_tokenizer(cfg.model.init)
     saved = saved_tokenizer_dir(cfg.model.init)
@@ -160,7 +160,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
         cfg.train.eval_every = max(1, len(task.train_data) // global_batch)
     best = BestModel(out, metric, tokenizer, accelerator.is_main_process)
     task.on_evaluate = best
-    train(task, cfg.train, cfg.seed, run_config=to_dict(cfg), accelerator=accelerator)
+    train(task, cfg.train, cfg.seed, run_config=to_dict(cfg), accelerator=accelerator, impl=cfg.impl)
 
     metrics, predictions = final_eval(accelerator.unwrap_model(task.model), accelerator)
     if accelerator.is_main_process:

@@ -18,6 +18,8 @@ import torch
 
 from .model import TransformerConfig
 
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the hydra YAML
+
 
 class PretrainError(Exception):
     """A bad input of the user's (a config value, a file, an argument), not a bug: the command-line
@@ -61,39 +63,21 @@ def check_source(key: str, value: str, what: str = "directory") -> None:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(TransformerConfig):
+    """model.*: the architecture, whose fields, defaults and checks are TransformerConfig's (one definition),
+    plus what a run does with it. vocab_size (null), causal and the special-token ids follow the
+    tokenizer and the family; `transformer_config(tokenizer)` gives the plain config the model takes."""
+
+    vocab_size: int | None = None  # None: follows the tokenizer; set, it must match it
+    causal: bool | None = None  # follows the family (gpt, llama: causal)
+    pad_token_id: int | None = None  # from the tokenizer
     family: Literal["bert", "gpt", "roberta", "modernbert", "llama"] = "bert"
     name: str = "custom"
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 2
-    ffn_size: int = 512
-    max_positions: int = 128
-    segment_vocab_size: int = 2
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
-    layer_norm_eps: float = 1e-12
-    position_embedding: Literal["learned", "sinusoidal", "rotary"] = "learned"
-    norm_placement: Literal["post", "pre"] = "post"
-    activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = "gelu"
-    tie_embeddings: bool = True
-    init_std: float = 0.02
     nsp: bool = True  # BERT: train the next-sentence head too
-    vocab_size: int | None = None  # None: follows the tokenizer; set, it must match it
     init: str | None = None  # start from weights: our checkpoint / export, or a HF directory or hub name
-    # modern switches (see TransformerConfig; the roberta / modernbert / llama presets set them)
-    num_kv_heads: int | None = None
-    rope_theta: float = 10000.0
-    local_rope_theta: float | None = None
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    bias: bool = True
-    gated_mlp: bool = False
-    embedding_norm: bool | None = None
-    local_attention: int = 0
-    global_attn_every_n_layers: int = 1
-    positions_skip_padding: bool = False
-    head_transform: bool = False
-    classifier_pooling: Literal["cls", "mean"] = "cls"
+
+    def __post_init__(self) -> None:
+        pass  # checked by validate(), which names model.* keys, once the run's settings are known
 
     @property
     def style(self) -> str:
@@ -113,6 +97,12 @@ class ModelConfig:
         require(0 < self.init_std < 1, "model.init_std", self.init_std, "it must be in (0, 1)")
         if self.vocab_size is not None:
             require(self.vocab_size > 0, "model.vocab_size", self.vocab_size, "it must be > 0", "or null")
+        for name in ("causal", "pad_token_id", "bos_token_id", "eos_token_id"):
+            if name == "causal":
+                ok = self.causal in (None, self.style == "gpt")
+            else:
+                ok = getattr(self, name) is None
+            require(ok, f"model.{name}", getattr(self, name), "it follows model.family and the tokenizer", "remove it")
         config = self._structure(self.vocab_size or 8)
         if export and not self.init:
             from .interop import build_model, hf_config_dict
@@ -128,11 +118,13 @@ class ModelConfig:
                     "the model config"
                 ) from None
 
-    def _structure(self, vocab: int) -> TransformerConfig:
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TransformerConfig) if hasattr(self, f.name)}
-        gpt = self.style == "gpt"
+    def _structure(self, vocab: int, **tokens: int | None) -> TransformerConfig:
+        """The plain TransformerConfig of these values (its checks, as model.* keys)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TransformerConfig)}
+        values.update(vocab_size=vocab, causal=self.style == "gpt", pad_token_id=0)
+        values.update(tokens)
         try:
-            return TransformerConfig(**{**values, "vocab_size": vocab}, causal=gpt)
+            return TransformerConfig(**values)
         except ValueError as e:  # TransformerConfig names the field: say it is a model.* key
             raise ConfigError(f"{str(e).replace('model config: ', 'model.')}") from None
 
@@ -148,16 +140,19 @@ class ModelConfig:
                 f"model.nsp=true with model.family={self.family}: only BERT has a next-sentence head; "
                 "set model.nsp=false"
             )
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TransformerConfig) if hasattr(self, f.name)}
-        gpt = self.style == "gpt"
-        eos = tokenizer.eos_token_id if gpt else None
-        return TransformerConfig(
-            **{**values, "vocab_size": vocab},
-            causal=gpt,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=eos,
-            eos_token_id=eos,
-        )
+        eos = tokenizer.eos_token_id if self.style == "gpt" else None
+        return self._structure(vocab, pad_token_id=tokenizer.pad_token_id, bos_token_id=eos, eos_token_id=eos)
+
+
+def model_preset(name: str) -> ModelConfig:
+    """A model preset of conf/model/ (e.g. "bert-tiny") as a ModelConfig, for scripts and tests."""
+    import yaml
+
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    if not path.is_file():
+        presets = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"no model preset {name!r}; the presets are {presets}")
+    return from_dict(ModelConfig, yaml.safe_load(path.read_text()), "model")
 
 
 DocumentLayout = Literal["auto", "blank_lines", "rows", "wikitext_articles", "sentence_rows"]
@@ -245,8 +240,6 @@ class TrainConfig:
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     min_lr_ratio: float = 0.0  # cosine / linear decay floor, as a fraction of lr
     max_grad_norm: float = 1.0  # 0 = no clipping
-    precision: Literal["no", "fp16", "bf16"] = "no"
-    cpu: bool = False  # force CPU even when a GPU is present
     save_every: int = 100  # steps between checkpoints (0: only at the end)
     keep_last: int = 2  # checkpoints kept
     eval_every: int = 100  # steps between evaluations (0: only at the end)
@@ -257,14 +250,11 @@ class TrainConfig:
     resume: str | None = "auto"  # "auto": the latest intact checkpoint in output_dir, if any; a checkpoint path;
     # null: a fresh run that refuses a directory holding one
     max_bad_steps: int = 5  # non-finite steps (skipped) in a row before the run stops
-    parallelism: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: FSDP2 under an accelerate FSDP config, else DDP
     tensorboard: bool = True
     wandb_project: str | None = None
     plot: bool = True  # loss curve PNG at the end
     export: bool = True  # Hugging Face export at the end
-    num_workers: int = 0  # speed only
     max_minutes: float | None = None  # time budget: stop when spent; the lr schedule follows its elapsed fraction
-    compile: bool = False  # torch.compile the model (speed only; the first steps pay the compile time)
     peak_flops: float | None = None  # device peak FLOP/s for the logged MFU; None: from the GPU table
 
     def validate(self) -> None:
@@ -283,7 +273,7 @@ class TrainConfig:
         require(self.adam_eps > 0, "train.adam_eps", self.adam_eps, "it must be > 0")
         require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "it must be in [0, 1]")
         require(self.max_grad_norm >= 0, "train.max_grad_norm", self.max_grad_norm, "it must be >= 0 (0: no clipping)")
-        for name in ("save_every", "eval_every", "num_workers"):
+        for name in ("save_every", "eval_every"):
             require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), "it must be >= 0")
         if self.eval_batches is not None:
             require(self.eval_batches >= 1, "train.eval_batches", self.eval_batches, "it must be >= 1", "or null")
@@ -293,6 +283,22 @@ class TrainConfig:
             raise ConfigError(f"train.max_minutes must be > 0 (or null for no time budget), got {self.max_minutes}")
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise ConfigError(f"train.peak_flops must be > 0 FLOP/s (or null), got {self.peak_flops}")
+
+
+@dataclass
+class ImplConfig:
+    """impl.*: how a run computes, never what it computes (cramming's `impl` group): speed, memory and
+    devices. A run's results depend on model, data, train and seed; these change them only within
+    floating-point noise (bf16 / fp16 rounding, kernel choice)."""
+
+    precision: Literal["no", "fp16", "bf16"] = "no"  # Accelerate mixed precision
+    compile: bool = False  # torch.compile the model (the first steps pay the compile time)
+    cpu: bool = False  # the CPU even when a GPU is present
+    parallelism: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: FSDP2 under an accelerate FSDP config, else DDP
+    num_workers: int = 0  # DataLoader worker processes
+
+    def validate(self) -> None:
+        require(self.num_workers >= 0, "impl.num_workers", self.num_workers, "it must be >= 0")
         self.check_precision()
 
     def check_precision(self) -> None:
@@ -301,12 +307,39 @@ class TrainConfig:
         on_cpu = self.cpu or not torch.cuda.is_available()
         if self.precision == "fp16" and on_cpu:
             raise ConfigError(
-                "train.precision=fp16 needs a GPU and this run is on the CPU"
-                + (" (train.cpu=true)" if self.cpu else " (no CUDA device found)")
-                + "; use train.precision=no (or bf16, which the CPU supports)"
+                "impl.precision=fp16 needs a GPU and this run is on the CPU"
+                + (" (impl.cpu=true)" if self.cpu else " (no CUDA device found)")
+                + "; use impl.precision=no (or bf16, which the CPU supports)"
             )
         if self.precision == "bf16" and not on_cpu and not torch.cuda.is_bf16_supported():
-            raise ConfigError("train.precision=bf16: this GPU does not support bfloat16; use train.precision=fp16")
+            raise ConfigError("impl.precision=bf16: this GPU does not support bfloat16; use impl.precision=fp16")
+
+
+# keys that moved into impl: still accepted where they were, with a warning
+MOVED_KEYS = {("train", name): ("impl", name) for name in ("precision", "compile", "cpu", "parallelism", "num_workers")}
+
+
+def _move_keys(values: dict[str, Any]) -> dict[str, Any]:
+    import logging
+
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for (old_group, name), (new_group, new_name) in MOVED_KEYS.items():
+        if isinstance(values.get(old_group), dict) and name in values[old_group]:
+            value = values[old_group].pop(name)
+            logging.getLogger("pretrain").warning(
+                "%s.%s is now %s.%s (settings that change speed, never results); using %s.%s=%s",
+                old_group,
+                name,
+                new_group,
+                new_name,
+                new_group,
+                new_name,
+                value,
+            )
+            values.setdefault(new_group, {})
+            if isinstance(values[new_group], dict):
+                values[new_group][new_name] = value
+    return values
 
 
 @dataclass
@@ -314,10 +347,12 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    impl: ImplConfig = field(default_factory=ImplConfig)
     seed: int = 0
 
     def validate(self) -> None:
         self.train.validate()
+        self.impl.validate()
         self.model.validate(export=self.train.export)
         if self.model.init:
             check_source("model.init", self.model.init, "checkpoint or directory")
@@ -392,6 +427,8 @@ def from_dict(cls: type, values: Any, where: str = "") -> Any:
     """Build dataclass `cls` from plain nested dicts, checking every key and type."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where or 'config'} must be a mapping, got {type(values).__name__}")
+    if not where and "impl" in {f.name for f in dataclasses.fields(cls)}:
+        values = _move_keys(values)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(fields))

@@ -22,7 +22,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from .config import CONF_DIR
+
 USER_ERROR = 2
 
 _job_started = False  # hydra exits with 1 on its own errors; ours set this first, so the two are told apart

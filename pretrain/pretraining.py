@@ -137,7 +137,7 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
 
     cfg.validate()
     check_run_inputs(cfg)  # before any data is read: output directory, disk, tokenizer identity
-    accelerator = make_accelerator(cfg.train)
+    accelerator = make_accelerator(cfg.train, cfg.impl)
     out = Path(cfg.train.output_dir)
     prepare_output_dir(cfg.train)  # fail before any work if the directory holds another run
     tokenizer = get_tokenizer(cfg, out, accelerator.is_main_process, accelerator)
@@ -168,4 +168,4 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
         return metrics
 
     task = Task(model=model, train_data=data.train, collate=collate, evaluate=evaluate, tokenizer=tokenizer)
-    return train(task, cfg.train, cfg.seed, run_config=to_dict(cfg), accelerator=accelerator)
+    return train(task, cfg.train, cfg.seed, run_config=to_dict(cfg), accelerator=accelerator, impl=cfg.impl)

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import resolve_run_dir
+from .train.checkpoints import resolve_run_dir
 
 
 def saved_tokenizer_dir(init: str) -> Path | None:

@@ -140,7 +140,7 @@ def loading_share(batch_size: int = 32) -> tuple[float, float, float]:
     it, ms of a training step on it)."""
     import torch
 
-    from pretrain.config import DataConfig, ModelConfig
+    from pretrain.config import DataConfig, model_preset
     from pretrain.data import MLMCollator, build_pretraining_data, trained_tokenizer
     from pretrain.interop import build_model
 
@@ -148,7 +148,7 @@ def loading_share(batch_size: int = 32) -> tuple[float, float, float]:
     tokenizer = trained_tokenizer(cfg, "bert")
     data = build_pretraining_data(cfg, tokenizer, "bert")
     collate = MLMCollator(tokenizer)
-    model = build_model(ModelConfig(name="bert-tiny").transformer_config(tokenizer), "pretraining")
+    model = build_model(model_preset("bert-tiny").transformer_config(tokenizer), "pretraining")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rng = random.Random(0)
     read = mask = step = 0.0

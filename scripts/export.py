@@ -21,7 +21,7 @@ def fail(message: str) -> None:
 
 def resolve_checkpoint(path: Path) -> Path:
     """A step-* checkpoint directory, or a run directory's latest checkpoint; exits with a clear message."""
-    from pretrain.checkpoint import resolve_run_dir
+    from pretrain.train.checkpoints import resolve_run_dir
 
     if not path.exists():
         fail(f"{path} does not exist")
@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from pretrain import save_hf
-    from pretrain.checkpoint import load_pretrained
     from pretrain.config import ConfigError, check_output_dir
     from pretrain.tokenizer import load_tokenizer
+    from pretrain.train.checkpoints import load_pretrained
 
     src = resolve_checkpoint(Path(args.checkpoint).expanduser())
     meta = json.loads((src / "model.json").read_text())

@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from pretrain import CausalLM
-    from pretrain.checkpoint import load_pretrained, resolve_run_dir
     from pretrain.config import ConfigError, check_source
     from pretrain.model import SequenceClassifier, SpanQA
     from pretrain.tokenizer import load_tokenizer
     from pretrain.tokenizer_identity import saved_tokenizer_dir
+    from pretrain.train.checkpoints import load_pretrained, resolve_run_dir
 
     try:
         check_source("model", args.model, "run, checkpoint or model directory")

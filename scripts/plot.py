@@ -45,8 +45,8 @@ def plot_attention(checkpoint: str, text: str, out: str, layer: int) -> None:
     import matplotlib.pyplot as plt
     import torch
 
-    from pretrain.checkpoint import load_pretrained
     from pretrain.tokenizer import load_tokenizer
+    from pretrain.train.checkpoints import load_pretrained
     from scripts.export import resolve_checkpoint
 
     src = resolve_checkpoint(Path(checkpoint))

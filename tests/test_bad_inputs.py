@@ -15,10 +15,10 @@ from conftest import tiny_config
 
 from finetune import classification as cls
 from finetune.squad_metric import squad_scores
-from pretrain.checkpoint import load_pretrained, save_model_dir
 from pretrain.interop import build_model, hf_config_dict
 from pretrain.model import SequenceClassifier
 from pretrain.tokenizer import train_tokenizer
+from pretrain.train.checkpoints import load_pretrained, save_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ["the cat sat on the mat", "a dog ran in the park", "good film", "bad film", "what is said? who went?"] * 30
@@ -88,8 +88,11 @@ def test_pretrain_config_errors(tmp_path, override, words):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is real on a GPU")
 @pytest.mark.slow  # a process start per case
 def test_pretrain_fp16_on_cpu_is_refused(tmp_path):
+    status, stderr = run(["impl.precision=fp16", f"train.output_dir={tmp_path / 'o'}"], tmp_path, "pretrain")
+    assert_user_error(status, stderr, "impl.precision=fp16", "needs a GPU", "impl.precision=no")
+    # the key's former place still works, and says where it went
     status, stderr = run(["train.precision=fp16", f"train.output_dir={tmp_path / 'o'}"], tmp_path, "pretrain")
-    assert_user_error(status, stderr, "train.precision=fp16", "needs a GPU", "train.precision=no")
+    assert_user_error(status, stderr, "train.precision is now impl.precision", "impl.precision=fp16", "needs a GPU")
 
 
 @pytest.mark.slow  # a process start per case

@@ -202,9 +202,9 @@ def test_sigterm_saves_at_the_step_boundary_and_the_same_command_resumes(tmp_pat
 
 
 def test_parallelism_and_working_batch_sizes(monkeypatch):
-    from pretrain.config import TrainConfig
+    from pretrain.config import ImplConfig
     from pretrain.train.distributed import resolve_parallelism
-    from pretrain.train.loop import working_batches
+    from pretrain.train.resume import working_batches
 
     assert working_batches(32, 2) == (
         "train.batch_size=16 train.grad_accum_steps=1 or train.batch_size=8 train.grad_accum_steps=2 or "
@@ -212,9 +212,9 @@ def test_parallelism_and_working_batch_sizes(monkeypatch):
     )
     assert working_batches(32, 3) == "none with 3 processes; use a process count that divides 32"
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
-    assert resolve_parallelism(TrainConfig(), 2) == "ddp"
+    assert resolve_parallelism(ImplConfig(), 2) == "ddp"
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --config_file fsdp.yaml` sets
-    assert resolve_parallelism(TrainConfig(), 2) == "fsdp"
-    assert resolve_parallelism(TrainConfig(), 1) == "single"
-    with pytest.raises(ConfigError, match="train.precision=fp16 is not supported with FSDP"):
-        resolve_parallelism(TrainConfig(precision="fp16"), 2)
+    assert resolve_parallelism(ImplConfig(), 2) == "fsdp"
+    assert resolve_parallelism(ImplConfig(), 1) == "single"
+    with pytest.raises(ConfigError, match="impl.precision=fp16 is not supported with FSDP"):
+        resolve_parallelism(ImplConfig(precision="fp16"), 2)

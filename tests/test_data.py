@@ -471,11 +471,18 @@ def test_tokenizer_sample_is_bounded_and_reproducible(tmp_path):
     assert max(numbers) > 150_000, "the sample spreads over the whole corpus"
 
 
-def test_sample_corpus_ships_with_attribution():
+@pytest.mark.shared_data
+def test_sample_corpus_is_what_its_attribution_says(shared_data):
+    """ATTRIBUTION.md: all of tiny Shakespeare, reformatted with no word changed, documents separated
+    by blank lines."""
     from pretrain.data import SAMPLE_CORPUS
 
-    assert SAMPLE_CORPUS.stat().st_size > 100_000
-    assert "public domain" in (Path(SAMPLE_CORPUS).parent / "ATTRIBUTION.md").read_text()
+    attribution = (Path(SAMPLE_CORPUS).parent / "ATTRIBUTION.md").read_text()
+    assert "tiny Shakespeare" in attribution and "public domain" in attribution
+    ours = Path(SAMPLE_CORPUS).read_text()
+    assert ours.split() == (shared_data / "tinyshakespeare" / "input.txt").read_text().split()
+    documents = ours.strip("\n").split("\n\n")
+    assert len(documents) > 500 and all(d.strip() and "\n\n" not in d for d in documents)
 
 
 def test_documents_are_split_on_whitespace_only_lines_and_long_single_documents_are_chunked(tmp_path):

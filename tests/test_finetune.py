@@ -15,9 +15,9 @@ from finetune.config import FinetuneConfig, FinetuneDataConfig, FinetuneModelCon
 from finetune.run import run_finetune
 from finetune.squad_metric import f1, normalize_answer, squad_scores
 from pretrain import BertPretraining, CausalLM, save_hf
-from pretrain.checkpoint import save_model_dir
 from pretrain.config import ConfigError, TrainConfig
 from pretrain.tokenizer import train_tokenizer
+from pretrain.train.checkpoints import save_model_dir
 
 POSITIVE = ["a good film", "great acting and a fine story", "I loved it", "wonderful and warm", "good fun"]
 NEGATIVE = ["a bad film", "terrible acting and a dull story", "I hated it", "awful and cold", "bad and boring"]

@@ -15,11 +15,11 @@ from finetune.classification import read_rows
 from finetune.config import FinetuneConfig, FinetuneDataConfig, FinetuneModelConfig
 from finetune.run import run_finetune
 from pretrain import BertPretraining, save_hf
-from pretrain.checkpoint import load_model_dir, save_model_dir
 from pretrain.config import ConfigError, TrainConfig
 from pretrain.data import next_token_labels
 from pretrain.model import MultipleChoice, SequenceClassifier
 from pretrain.tokenizer import train_tokenizer
+from pretrain.train.checkpoints import load_model_dir, save_model_dir
 from pretrain.train.loop import target_count
 
 COLOURS = ["red", "blue", "green", "black", "white", "pink"]
@@ -61,10 +61,12 @@ LAYOUTS = {"swag": SWAG, "hellaswag": HELLASWAG, "piqa": PIQA}  # rows as the hu
 
 
 def preset(name: str) -> FinetuneDataConfig:
-    """The conf/data preset of a hub layout, as the typed config."""
+    """The conf/finetune/data preset of a hub layout, as the typed config."""
     import yaml
 
-    values = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "data" / f"{name}.yaml").read_text())
+    values = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "conf" / "finetune" / "data" / f"{name}.yaml").read_text()
+    )
     from pretrain.config import from_dict
 
     return from_dict(FinetuneDataConfig, values)

@@ -205,7 +205,7 @@ def test_command_end_to_end(tmp_path, preset):
 
     import transformers
 
-    from pretrain.checkpoint import load_pretrained
+    from pretrain.train.checkpoints import load_pretrained
 
     auto = transformers.AutoModelForPreTraining if preset.startswith("bert") else transformers.AutoModelForCausalLM
     hf = auto.from_pretrained(out / "export").eval()

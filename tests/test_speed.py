@@ -117,7 +117,9 @@ def test_cuda_run_uses_fused_adamw_and_bf16(tmp_path):  # pragma: no cover - CPU
     trainer.torch.optim.AdamW = Spy
     try:
         precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        run_pretraining(tiny_run(tmp_path, precision=precision, max_steps=3, save_every=0, eval_every=0))
+        cfg = tiny_run(tmp_path, max_steps=3, save_every=0, eval_every=0)
+        cfg.impl.precision = precision
+        run_pretraining(cfg)
     finally:
         trainer.torch.optim.AdamW = real
     assert seen["fused"] is True

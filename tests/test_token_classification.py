@@ -14,10 +14,10 @@ from finetune import token_classification as tc
 from finetune.config import FinetuneConfig, FinetuneDataConfig, FinetuneModelConfig
 from finetune.run import run_finetune
 from pretrain import BertPretraining, CausalLM, load_hf, save_hf
-from pretrain.checkpoint import load_model_dir, save_model_dir
 from pretrain.config import TrainConfig
 from pretrain.model import TokenClassifier
 from pretrain.tokenizer import train_tokenizer
+from pretrain.train.checkpoints import load_model_dir, save_model_dir
 from pretrain.train.loop import target_count
 
 FIRST = ["alice", "bob", "carol", "dave"]

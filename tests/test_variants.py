@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-import yaml
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig
 
 from pretrain import BertPretraining, CausalLM, load_hf, save_hf
@@ -252,11 +251,11 @@ NEGATIVE = ["a bad film", "terrible acting and a dull story", "I hated it", "awf
 def test_finetune_classification(tmp_path, family):
     from finetune.config import FinetuneConfig, FinetuneDataConfig, FinetuneModelConfig
     from finetune.run import run_finetune
-    from pretrain.config import ModelConfig, TrainConfig
+    from pretrain.config import TrainConfig, model_preset
     from pretrain.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer((POSITIVE + NEGATIVE) * 20, "gpt" if family == "llama" else "bert", vocab_size=300)
-    preset = ModelConfig(**yaml.safe_load((ROOT / f"conf/model/{family}-tiny.yaml").read_text()))
+    preset = model_preset(f"{family}-tiny")
     preset.hidden_size, preset.ffn_size, preset.num_layers = 32, 64, 2
     config = preset.transformer_config(tokenizer)
     model = CausalLM(config) if family == "llama" else BertPretraining(config, nsp=False)

@@ -7,7 +7,7 @@
 
 Accelerate 1.15 turns an FSDP config into plain DDP when told to use the CPU, so FSDP is applied here,
 asked for by `accelerate launch --config_file conf/accelerate/fsdp.yaml` (it sets ACCELERATE_USE_FSDP)
-or by `train.parallelism=fsdp`.
+or by `impl.parallelism=fsdp`.
 
 Training state (model and optimizer) is saved with `torch.distributed.checkpoint` in every mode: each
 process writes its own shard, and a checkpoint loads under another sharding or process count.
@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, TrainConfig
+from ..config import ConfigError, ImplConfig
 
 log = logging.getLogger(__name__)
 
 
-def resolve_parallelism(cfg: TrainConfig, world_size: int) -> str:
+def resolve_parallelism(cfg: ImplConfig, world_size: int) -> str:
     """'single', 'ddp' or 'fsdp'."""
     requested = cfg.parallelism
     if requested == "auto":
@@ -42,8 +42,8 @@ def resolve_parallelism(cfg: TrainConfig, world_size: int) -> str:
         return "single"
     if requested == "fsdp" and cfg.precision == "fp16":
         raise ConfigError(
-            "train.precision=fp16 is not supported with FSDP (it needs a sharded gradient scaler); "
-            "use train.precision=bf16 or no"
+            "impl.precision=fp16 is not supported with FSDP (it needs a sharded gradient scaler); "
+            "use impl.precision=bf16 or no"
         )
     return requested
 

@@ -1,4 +1,5 @@
-"""The learning-rate schedule: a pure function of the step and the settings.
+"""The optimizer (AdamW, no decay on biases and norms) and the learning-rate schedule, a pure function of
+the step and the settings.
 
 No scheduler object holds state, so a run resumed with another `train.lr`, `train.schedule` or
 `train.warmup_steps` follows the new settings from its resume step (the change is logged), and a
@@ -64,3 +65,24 @@ def log_schedule_change(saved: dict[str, Any] | None, cfg: TrainConfig, step: in
             learning_rate(cfg, step),
         )
     return changed
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices and embeddings; not biases or LayerNorm weights (every 1-d parameter)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Fused AdamW: it takes a device-side `found_inf` flag, so a non-finite step is skipped (weights
+    and moments untouched) without a host sync."""
+    return torch.optim.AdamW(
+        parameter_groups(model, cfg.weight_decay),
+        lr=learning_rate(cfg, 0),
+        betas=tuple(cfg.adam_betas),
+        eps=cfg.adam_eps,
+        fused=True,
+    )

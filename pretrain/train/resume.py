@@ -1,0 +1,102 @@
+"""Where a run starts: its output directory, the checkpoint it resumes (verified, falling back past damaged
+ones), and the checks that make a resumed run continue the same one (the global batch)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import ConfigError, TrainConfig
+from . import distributed
+from .checkpoints import CheckpointManager, latest_checkpoint, load_model_weights, resolve_run_dir, set_rng_state
+
+if TYPE_CHECKING:
+    from .loop import Run
+
+log = logging.getLogger(__name__)
+
+
+def prepare_output_dir(cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from, before any work (the resume itself verifies it and may fall back
+    to an older one). Refuses to write into a directory that already holds a run when
+    train.resume=null, so no earlier checkpoint is ever overwritten by accident."""
+    out = Path(cfg.output_dir)
+    checkpoints = out / "checkpoints"
+    if cfg.resume is None:
+        if (out / "metrics.jsonl").exists() or latest_checkpoint(checkpoints):
+            raise ConfigError(
+                f"train.output_dir={out} already holds a run; pass train.resume=auto to continue it, "
+                "or choose another train.output_dir / train.run_name"
+            )
+        return None
+    if cfg.resume == "auto":
+        return latest_checkpoint(checkpoints)
+    path = resolve_run_dir(Path(cfg.resume))
+    if not (path / "trainer_state.pt").exists():
+        raise FileNotFoundError(f"train.resume={cfg.resume}: no checkpoint there (no trainer_state.pt)")
+    return path
+
+
+def working_batches(global_batch: int, world: int) -> str:
+    """The (train.batch_size, train.grad_accum_steps) pairs that give `global_batch` on `world` processes."""
+    if global_batch % world:
+        return f"none with {world} processes; use a process count that divides {global_batch}"
+    per_process = global_batch // world
+    pairs = [(per_process // a, a) for a in range(1, per_process + 1) if per_process % a == 0][:4]
+    return " or ".join(f"train.batch_size={b} train.grad_accum_steps={a}" for b, a in pairs)
+
+
+def check_global_batch(path: Path, state: dict[str, Any], cfg: TrainConfig, world: int) -> None:
+    saved = state["world_size"] * state["batch_size"] * state["grad_accum_steps"]
+    ours = world * cfg.batch_size * cfg.grad_accum_steps
+    if saved != ours:
+        raise ConfigError(
+            f"cannot resume {path}: it was trained with a global batch of {saved} ({state['world_size']} processes x "
+            f"train.batch_size={state['batch_size']} x train.grad_accum_steps={state['grad_accum_steps']}), this run "
+            f"has {ours} ({world} x {cfg.batch_size} x {cfg.grad_accum_steps}); keep the global batch: "
+            f"{working_batches(saved, world)}"
+        )
+
+
+def choose_checkpoint(
+    manager: CheckpointManager, candidate: Path | None, cfg: TrainConfig, accelerator: Any
+) -> Path | None:
+    """The main process verifies (newest first with resume=auto, falling back past damaged checkpoints
+    with a warning) and tells the others."""
+    chosen: Path | None = None
+    if accelerator.is_main_process and candidate is not None:
+        if cfg.resume == "auto":
+            chosen, skipped = manager.find_intact()
+        else:
+            chosen, skipped = manager.find_intact([candidate])
+            if chosen is None:
+                raise ValueError(f"train.resume={cfg.resume}: {skipped[0]}; pass another checkpoint")
+        for line in skipped:
+            log.warning("checkpoint %s; falling back to the previous one", line)
+        if chosen is None:
+            log.warning("no intact checkpoint in %s; starting from scratch", manager.directory)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        chosen = broadcast_object_list([chosen])[0]
+    return chosen
+
+
+def load_checkpoint(path: Path, state: dict[str, Any], run: Run, accelerator: Any) -> None:
+    """Model, optimizer (resharded to this run), GradScaler and RNG states."""
+    if (path / "state").exists():
+        distributed.load_training_state(run.model, run.optimizer, path / "state")
+    else:  # written before checkpoints were sharded: full weights + an optimizer state dict
+        load_model_weights(run.unwrapped, path / "model.safetensors")
+        run.optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler") and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    if len(state["rng"]) == accelerator.num_processes:
+        set_rng_state(state["rng"][accelerator.process_index])
+    elif accelerator.is_main_process:  # same global batch, other process count: same data order, other dropout
+        log.warning(
+            "resuming with %d processes instead of %d: dropout draws differ",
+            accelerator.num_processes,
+            len(state["rng"]),
+        )
