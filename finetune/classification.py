@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.config import ConfigError, DataError
 from pretrain.data import next_token_labels, pad_to_tensor
+from pretrain.errors import ConfigError, DataError
 
 from .config import FinetuneDataConfig
 

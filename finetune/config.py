@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pretrain.config import ConfigError, ImplConfig, TrainConfig, check_source, require
+from pretrain.config import ImplConfig, TrainConfig
+from pretrain.errors import ConfigError, check_source, require
 
 
 @dataclass

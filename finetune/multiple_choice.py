@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.config import ConfigError
 from pretrain.data import next_token_labels, pad_to_tensor
+from pretrain.errors import ConfigError
 
 from .config import FinetuneDataConfig
 

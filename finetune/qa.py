@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.config import DataError
 from pretrain.data import pad_to_tensor
+from pretrain.errors import DataError
 
 from .config import FinetuneDataConfig
 

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.config import ConfigError, check_output_dir, to_dict
+from pretrain.config import to_dict
 from pretrain.data import padding_id
+from pretrain.errors import ConfigError, check_output_dir
 from pretrain.tokenizer import load_tokenizer
 from pretrain.tokenizer_identity import same_tokenizer, saved_tokenizer_dir
 from pretrain.train import Task, make_accelerator, prepare_output_dir, train

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.config import ConfigError
 from pretrain.data import pad_to_tensor
+from pretrain.errors import ConfigError
 from pretrain.model import IGNORE_INDEX
 
 from .config import FinetuneDataConfig

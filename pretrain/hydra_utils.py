@@ -51,7 +51,7 @@ def user_error_message(e: BaseException) -> str | None:
     """The one-line message of a user error; None for anything else (a bug keeps its traceback)."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from .config import PretrainError
+    from .errors import PretrainError
 
     if isinstance(e, PretrainError):
         return str(e)

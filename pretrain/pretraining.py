@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, PretrainConfig, check_output_dir, estimate_run_bytes, to_dict
+from .config import PretrainConfig, estimate_run_bytes, to_dict
 from .data import (
     IGNORE_INDEX,
     CausalCollator,
@@ -18,6 +18,7 @@ from .data import (
     example_seed,
     trained_tokenizer,
 )
+from .errors import ConfigError, check_output_dir
 from .interop import build_model
 from .tokenizer import check_family, load_tokenizer
 from .tokenizer_identity import same_tokenizer, saved_tokenizer_dir

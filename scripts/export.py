@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from pretrain import save_hf
-    from pretrain.config import ConfigError, check_output_dir
+    from pretrain.errors import ConfigError, check_output_dir
     from pretrain.tokenizer import load_tokenizer
     from pretrain.train.checkpoints import load_pretrained
 

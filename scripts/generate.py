@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from pretrain import CausalLM
-    from pretrain.config import ConfigError, check_source
+    from pretrain.errors import ConfigError, check_source
     from pretrain.model import SequenceClassifier, SpanQA
     from pretrain.tokenizer import load_tokenizer
     from pretrain.tokenizer_identity import saved_tokenizer_dir

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..config import ConfigError, DataConfig, HubSource
+from ..config import DataConfig, HubSource
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ a directory that `transformers.AutoModel*.from_pretrained` loads as it is).
 One adapter module per family (bert.py, gpt2.py, ...: config mapping + state-dict name table + the few
 reshapes, as torchtitan's state_dict_adapter), one shared registry of heads (base.py), and one
 family-independent conversion (convert.py). A new family is one new module that registers its adapter.
+It imports the model and `transformers` (lazily); nothing of data or training.
 """
 
 from . import bert, gpt2, llama, modernbert, roberta  # noqa: F401  (registers the families)

@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, ImplConfig
+from ..config import ImplConfig
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import ConfigError, TrainConfig
+from ..config import TrainConfig
+from ..errors import ConfigError
 from . import distributed
 from .checkpoints import CheckpointManager, latest_checkpoint, load_model_weights, resolve_run_dir, set_rng_state
 
