@@ -102,11 +102,11 @@ def batch(args: argparse.Namespace, generator: torch.Generator) -> dict[str, tor
     labels = torch.full_like(ids, -100)
     chosen = torch.rand(ids.shape, generator=generator) < 0.15
     labels[chosen] = ids[chosen]
+    # full-length rows and no attention_mask, as our collators give an unpadded batch (both models get it)
     if args.family in ("roberta", "modernbert"):  # masked LM only
-        return {"input_ids": ids.masked_fill(chosen, 4), "attention_mask": torch.ones_like(ids), "labels": labels}
+        return {"input_ids": ids.masked_fill(chosen, 4), "labels": labels}
     return {
         "input_ids": ids.masked_fill(chosen, 4),
-        "attention_mask": torch.ones_like(ids),
         "token_type_ids": torch.zeros_like(ids),
         "labels": labels,
         "next_sentence_label": torch.randint(0, 2, (args.batch,), generator=generator),

@@ -82,7 +82,7 @@ class ModelOutput:
 class Embeddings(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
-        self.word = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.word = nn.Embedding(config.padded_vocab_size, config.hidden_size)
         self.position = (
             nn.Embedding(config.max_positions, config.hidden_size) if config.position_embedding == "learned" else None
         )
@@ -231,6 +231,7 @@ class Transformer(nn.Module):
         pooler = not config.causal and not config.head_transform if pooler is None else pooler
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
         self.apply(self._init_weights)
+        zero_padded_vocab_rows(self.embeddings.word.weight, config.vocab_size)
         if config.norm_placement == "pre":  # GPT-2: scale residual projections by 1/sqrt(2 * layers)
             for block in self.blocks:
                 for proj in (block.attn.proj, block.mlp.proj):
@@ -360,6 +361,13 @@ def _attend_somewhere(allowed: torch.Tensor) -> torch.Tensor:
     row) attends to every key instead, as Hugging Face does: its output is never used, but a softmax over
     nothing would be NaN in some kernels, and NaN poisons the gradients. No host sync: pure tensor ops."""
     return allowed | ~allowed.any(dim=-1, keepdim=True)
+
+
+@torch.no_grad()
+def zero_padded_vocab_rows(weight: torch.Tensor, vocab_size: int) -> None:
+    """The rows past the true vocabulary (config.padded_vocab_size) start at zero and stay there: no id
+    looks them up and no logit of theirs is scored, so they get no gradient (exports drop them)."""
+    weight[vocab_size:].zero_()
 
 
 def init_weights(module: nn.Module, std: float) -> None:
