@@ -195,7 +195,8 @@ def _count_host_reads(run) -> list[str]:
 @pytest.mark.parametrize("padded", [False, True])
 def test_training_forward_never_reads_tensor_values_on_the_host(padded):
     """The trunk of both families and GPT's whole training step (loss included) decide everything from
-    shapes: no attention_mask.all(), no id range checks, no boolean indexing. Padded or not."""
+    shapes: no attention_mask.all(), no id range checks, no boolean indexing. Padded or not. BERT's step
+    reads only where its MLM head selects the labelled positions."""
     ids = torch.randint(5, 101, (3, 12))
     mask = torch.ones_like(ids)
     mask[1, 8:] = 0
@@ -205,6 +206,15 @@ def test_training_forward_never_reads_tensor_values_on_the_host(padded):
     bert = BertPretraining(tiny_config())
     segments = torch.zeros_like(ids)
     assert _count_host_reads(lambda: bert.transformer(ids, token_type_ids=segments, **extra)) == []
+    labels = torch.full_like(ids, -100)
+    labels[:, ::3] = ids[:, ::3]
+
+    def bert_step():
+        nsp = labels[:, 0] % 2
+        bert(ids, token_type_ids=segments, labels=labels, next_sentence_label=nsp, **extra).loss.backward()
+
+    # the one exception: sparse MLM prediction reads the labelled positions (h[labels != -100] and its gradient)
+    assert set(_count_host_reads(bert_step)) == {"aten.index.Tensor", "aten.index_put.default"}
     assert _count_host_reads(lambda: bert.eval().transformer(ids, **extra)) != []  # outside training: id checks
 
 
