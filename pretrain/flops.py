@@ -8,7 +8,7 @@ activations and softmax are left out; a multiply-add is 2 FLOPs; backward = 2 x 
   looks back);
 - the heads where they run: the GPT LM head (2 h V) at every position; the BERT MLM head (2 h^2 +
   2 h V) only at the predicted (masked) positions, as `BertPretraining` computes it; the pooler and
-  NSP head once per sequence.
+  NSP head once per sequence. V is the padded vocabulary (config.padded_vocab_size), as computed.
 
 MFU divides the achieved model FLOPs per second by the device's peak. Peaks are dense (no sparsity)
 tensor-core figures from the vendors' data sheets; `train.peak_flops` overrides the table (and is
@@ -41,7 +41,8 @@ PEAK_FLOPS: dict[str, tuple[float, float]] = {
 def forward_flops(config: Any, batch: int, length: int, predicted: int, with_pooler: bool) -> float:
     """Forward FLOPs of one (batch x length) micro-batch whose vocabulary head runs at `predicted`
     positions (all of them for a causal LM)."""
-    h, f, v, layers = config.hidden_size, config.ffn_size, config.vocab_size, config.num_layers
+    h, f, layers = config.hidden_size, config.ffn_size, config.num_layers
+    v = getattr(config, "padded_vocab_size", config.vocab_size)  # the head's matmul runs over the padded rows
     tokens = batch * length
     attention = 4 * h * length * (0.5 if config.causal else 1.0)
     trunk = tokens * layers * (8 * h * h + 4 * h * f + attention)

@@ -19,6 +19,7 @@ Prints one table; --json writes the figures. A benchmark, not a test: compare th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -34,21 +35,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build_data(args: argparse.Namespace):
     from pretrain.config import DataConfig, ModelConfig, PretrainConfig, TrainConfig
-    from pretrain.data import build_pretraining_data, load_documents
+    from pretrain.data import build_pretraining_data
     from pretrain.pretraining import get_tokenizer
 
     class _One:  # a one-process stand-in for the Accelerator the tokenizer helper synchronises with
-        def wait_for_everyone(self) -> None:
-            pass
+        main_process_first = staticmethod(contextlib.nullcontext)
 
     data_cfg = DataConfig(name="ttq", format="text", paths=[str(args.corpus)], cache_dir=str(args.work / "cache"))
     data_cfg.vocab_size, data_cfg.max_length = args.vocab, args.length
     cfg = PretrainConfig(
         model=ModelConfig(family=args.family), data=data_cfg, train=TrainConfig(output_dir=str(args.work / "data"))
     )
-    docs = load_documents(cfg.data)
-    tokenizer = get_tokenizer(cfg, docs, args.work / "data", True, _One())
-    data = build_pretraining_data(cfg.data, tokenizer, args.family, args.seed, docs)
+    tokenizer = get_tokenizer(cfg, args.work / "data", True, _One())
+    # NSP pairs as our bert-tiny preset prepares them, so both sides share the cached examples
+    data = build_pretraining_data(cfg.data, tokenizer, args.family, nsp=True)
     return tokenizer, data
 
 

@@ -4,9 +4,13 @@
     python scripts/benchmark.py --family gpt --hidden 256 --layers 4 --heads 4
     python scripts/benchmark.py --family llama --heads 4   # also roberta, modernbert (MLM, no NSP)
 
-Both models get the same weights (imported with load_hf) and the same batches; steps alternate
-between them so machine noise hits both alike. Prints median step times and the ratio HF / ours
-(> 1: we are faster). A ratio, not an absolute time, is what to compare across machines.
+Both models get the same weights (imported with load_hf) and the same batches. Each round runs one
+training step of each, the order alternating between rounds, so machine noise hits both alike; the
+speed-up is the median over rounds of HF's step time / ours (> 1: we are faster). Peak memory is one
+more training step of each after the timed ones: on CUDA the allocator's peak above what was allocated
+before the step; on a CPU the peak of the bytes held by tensors that operators created during the step
+(activations, gradients, temporaries; weights and optimizer state exist before and are not counted).
+A ratio, not an absolute time, is what to compare across machines.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import weakref
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 
 def build(args: argparse.Namespace):
@@ -31,6 +38,8 @@ def build(args: argparse.Namespace):
             num_attention_heads=args.heads,
             intermediate_size=4 * args.hidden,
             max_position_embeddings=512,
+            hidden_dropout_prob=args.dropout,
+            attention_probs_dropout_prob=args.dropout,
         )
         hf = transformers.BertForPreTraining(config)
     elif args.family == "roberta":
@@ -77,6 +86,9 @@ def build(args: argparse.Namespace):
             n_layer=args.layers,
             n_head=args.heads,
             n_positions=1024,
+            resid_pdrop=args.dropout,
+            embd_pdrop=args.dropout,
+            attn_pdrop=args.dropout,
         )
         hf = transformers.GPT2LMHeadModel(config)
     hf.config._attn_implementation = "sdpa"
@@ -90,15 +102,65 @@ def batch(args: argparse.Namespace, generator: torch.Generator) -> dict[str, tor
     labels = torch.full_like(ids, -100)
     chosen = torch.rand(ids.shape, generator=generator) < 0.15
     labels[chosen] = ids[chosen]
+    # full-length rows and no attention_mask, as our collators give an unpadded batch (both models get it)
     if args.family in ("roberta", "modernbert"):  # masked LM only
-        return {"input_ids": ids.masked_fill(chosen, 4), "attention_mask": torch.ones_like(ids), "labels": labels}
+        return {"input_ids": ids.masked_fill(chosen, 4), "labels": labels}
     return {
         "input_ids": ids.masked_fill(chosen, 4),
-        "attention_mask": torch.ones_like(ids),
         "token_type_ids": torch.zeros_like(ids),
         "labels": labels,
         "next_sentence_label": torch.randint(0, 2, (args.batch,), generator=generator),
     }
+
+
+class TensorMemory(TorchDispatchMode):
+    """Bytes held by the storages that operators create while the mode is on: live now and at the peak.
+    A storage counts once (views share it) and stops counting when Python frees it."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.storages: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+                continue
+            storage = t.untyped_storage()
+            key, size = storage.data_ptr(), storage.nbytes()
+            if size == 0 or key in self.storages:
+                continue
+            self.storages.add(key)
+            self.live += size
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._free, key, size)
+        return out
+
+    def _free(self, key: int, size: int) -> None:
+        self.live -= size
+        self.storages.discard(key)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, b: dict[str, torch.Tensor]) -> None:
+    loss = model(**b).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def peak_step_memory(model, optimizer, b: dict[str, torch.Tensor], device: torch.device) -> int:
+    """Peak bytes one training step adds above what exists before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        train_step(model, optimizer, b)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    with TensorMemory() as memory:
+        train_step(model, optimizer, b)
+    return memory.peak
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,32 +174,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--dropout", type=float, default=0.0, help="BERT / GPT-2 (0: as our presets pretrain)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
+    device = torch.device(args.device)
     hf, ours = build(args)
-    models = {"hf": hf.train(), "ours": ours.train()}
+    models = {"hf": hf.to(device).train(), "ours": ours.to(device).train()}
     optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
     generator = torch.Generator().manual_seed(0)
     times: dict[str, list[float]] = {k: [] for k in models}
     for step in range(args.warmup + args.steps):
-        b = batch(args, generator)
-        for name, model in models.items():
+        b = {k: v.to(device) for k, v in batch(args, generator).items()}
+        order = list(models) if step % 2 == 0 else list(reversed(models))
+        for name in order:
             start = time.perf_counter()
-            loss = model(**b).loss
-            loss.backward()
-            optimizers[name].step()
-            optimizers[name].zero_grad(set_to_none=True)
+            train_step(models[name], optimizers[name], b)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             if step >= args.warmup:
                 times[name].append(time.perf_counter() - start)
+    b = {k: v.to(device) for k, v in batch(args, generator).items()}
+    peak = {name: peak_step_memory(models[name], optimizers[name], b, device) for name in models}
     hf_ms, ours_ms = (1000 * statistics.median(times[k]) for k in ("hf", "ours"))
+    speedup = statistics.median(h / o for h, o in zip(times["hf"], times["ours"], strict=True))
+    tokens = args.batch * args.length
     print(
         f"{args.family}: {args.layers} x {args.hidden}, vocab {args.vocab}, batch {args.batch} x {args.length}, "
-        f"{torch.get_num_threads()} threads, {args.steps} steps"
+        f"dropout {args.dropout}, {device.type}, {torch.get_num_threads()} threads, {args.steps} rounds"
     )
-    print(f"  Hugging Face  {hf_ms:8.1f} ms/step")
-    print(f"  ours          {ours_ms:8.1f} ms/step")
-    print(f"  speed-up (HF / ours): {hf_ms / ours_ms:.2f}x")
+    for label, name, ms in (("Hugging Face", "hf", hf_ms), ("ours", "ours", ours_ms)):
+        print(
+            f"  {label:12}  {ms:8.1f} ms/step  {tokens / ms * 1000:8.0f} tokens/s  peak {peak[name] / 2**20:7.1f} MiB"
+        )
+    print(f"  speed-up (HF / ours): {speedup:.2f}x (median over rounds of the per-round ratio)")
+    print(f"  peak memory (ours / HF): {peak['ours'] / peak['hf']:.2f}x")
 
 
 if __name__ == "__main__":

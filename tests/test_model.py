@@ -155,7 +155,7 @@ def test_bad_inputs_have_clear_errors():
         TransformerConfig(vocab_size=10, hidden_size=32, num_heads=4, position_embedding="alibi")
     with pytest.raises(ValueError, match="unknown keys"):
         TransformerConfig.from_dict({"vocab_size": 10, "hidden": 3})
-    model = Transformer(tiny_config())
+    model = Transformer(tiny_config()).eval()  # value checks run outside training (a training forward never syncs)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         model(torch.tensor([[1, 2, 101]]))
     with pytest.raises(ValueError, match="longer than the position table"):
@@ -164,3 +164,76 @@ def test_bad_inputs_have_clear_errors():
         model(torch.ones(1, 4, dtype=torch.long), token_type_ids=torch.full((1, 4), 2))
     with pytest.raises(ValueError, match="position table"):
         CausalLM(tiny_config(causal=True)).generate(torch.ones(1, 60, dtype=torch.long), 10)
+
+
+def _unpadded_twin(model, vocab=101):
+    """The same weights in a model built with pad_vocab_multiple=1 (vocab rows only)."""
+    import dataclasses
+
+    twin = type(model)(dataclasses.replace(model.config, pad_vocab_multiple=1))
+    rows = model.config.padded_vocab_size
+    state = {k: (v[:vocab] if v.size(0) == rows else v) for k, v in model.state_dict().items()}
+    twin.load_state_dict(state)
+    return twin
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_padded_vocabulary_is_invisible(causal):
+    """101 words are stored as 128 rows; with garbage in the padded rows (so any leak would show) logits,
+    loss and every gradient equal those of the unpadded model, and generation never emits a padded id."""
+    config = tiny_config(causal=causal, dropout=0.0, attention_dropout=0.0)
+    model = CausalLM(config) if causal else BertPretraining(config)
+    word = model.transformer.embeddings.word.weight
+    assert config.padded_vocab_size == 128 and word.shape == (128, 32)
+    assert word[101:].abs().max() == 0  # padded rows start at zero (and get no gradient)
+    twin = _unpadded_twin(model)
+    with torch.no_grad():
+        word[101:] = 50.0
+    ids, mask = padded_batch()
+    labels = ids.masked_fill(mask == 0, -100)
+    if not causal:
+        labels[:, ::2] = -100
+    outputs = []
+    for m in (model, twin):
+        m(ids, attention_mask=mask, labels=labels).loss.backward()  # the training path (chunked for GPT)
+        with torch.no_grad():
+            outputs.append(m(ids, attention_mask=mask, labels=labels))
+    ours, theirs = outputs
+    name = "logits" if causal else "prediction_logits"
+    assert getattr(ours, name).shape[-1] == 101
+    torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.loss, theirs.loss, rtol=0, atol=1e-6)
+    torch.testing.assert_close(word.grad[:101], twin.transformer.embeddings.word.weight.grad, rtol=0, atol=1e-6)
+    assert word.grad[101:].abs().max() == 0
+    if causal:
+        prompt = torch.randint(5, 101, (4, 3))
+        for options in ({}, {"do_sample": True, "temperature": 5.0}):
+            out = model.generate(prompt, 20, generator=torch.Generator().manual_seed(0), **options)
+            assert out.max() < 101
+
+
+def test_checkpoints_saved_before_vocabulary_padding_load_unpadded():
+    old = tiny_config().to_dict()
+    del old["pad_vocab_multiple"]
+    assert TransformerConfig.from_dict(old).padded_vocab_size == 101
+    assert TransformerConfig.from_dict(tiny_config().to_dict()).padded_vocab_size == 128
+    with pytest.raises(ValueError, match="pad_vocab_multiple must be an integer >= 1"):
+        tiny_config(pad_vocab_multiple=0)
+
+
+def test_padded_vocabulary_exports_at_its_true_size(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from pretrain import load_hf, save_hf
+
+    model = CausalLM(tiny_config(causal=True)).eval()
+    save_hf(model, tmp_path)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert hf.config.vocab_size == 101 and hf.transformer.wte.weight.shape == (101, 32)
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        theirs, ours = hf(input_ids=ids).logits, model(ids).logits
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)
+    back = load_hf(tmp_path)
+    assert back.transformer.embeddings.word.weight.shape == (128, 32)
+    torch.testing.assert_close(back.state_dict()["lm_head.weight"], model.state_dict()["lm_head.weight"])

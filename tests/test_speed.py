@@ -160,3 +160,73 @@ def test_training_forward_of_the_causal_lm_equals_the_evaluation_forward():
         out = model(ids, labels=ids)
     assert out.logits is not None
     torch.testing.assert_close(train_loss.detach(), out.loss, rtol=1e-5, atol=1e-6)
+
+
+class HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the operators that make the host wait for the device: reading a value (.item(), bool(),
+    int() all end in _local_scalar_dense) and data-dependent shapes (nonzero, masked_select, boolean
+    indexing). On a CPU they cost nothing, on an accelerator each is a synchronisation."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        aten = torch.ops.aten
+        syncing = func in (aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default)
+        if func in (aten.index.Tensor, aten.index_put.default, aten.index_put_.default):
+            syncing = any(i is not None and i.dtype == torch.bool for i in args[1])
+        if syncing:
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _count_host_reads(run) -> list[str]:
+    real_tolist = torch.Tensor.tolist
+    with HostReads() as mode:
+        torch.Tensor.tolist = lambda t: mode.reads.append("tolist") or real_tolist(t)
+        try:
+            run()
+        finally:
+            torch.Tensor.tolist = real_tolist
+    return mode.reads
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_training_forward_never_reads_tensor_values_on_the_host(padded):
+    """The trunk of both families and GPT's whole training step (loss included) decide everything from
+    shapes: no attention_mask.all(), no id range checks, no boolean indexing. Padded or not. BERT's step
+    reads only where its MLM head selects the labelled positions."""
+    ids = torch.randint(5, 101, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    extra = {"attention_mask": mask} if padded else {}
+    gpt = CausalLM(tiny_config(causal=True))
+    assert _count_host_reads(lambda: gpt(ids, labels=ids, **extra).loss.backward()) == []
+    bert = BertPretraining(tiny_config())
+    segments = torch.zeros_like(ids)
+    assert _count_host_reads(lambda: bert.transformer(ids, token_type_ids=segments, **extra)) == []
+    labels = torch.full_like(ids, -100)
+    labels[:, ::3] = ids[:, ::3]
+
+    def bert_step():
+        nsp = labels[:, 0] % 2
+        bert(ids, token_type_ids=segments, labels=labels, next_sentence_label=nsp, **extra).loss.backward()
+
+    # the one exception: sparse MLM prediction reads the labelled positions (h[labels != -100] and its gradient)
+    assert set(_count_host_reads(bert_step)) == {"aten.index.Tensor", "aten.index_put.default"}
+    assert _count_host_reads(lambda: bert.eval().transformer(ids, **extra)) != []  # outside training: id checks
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_forward_does_not_synchronise():  # pragma: no cover - CPU CI skips it
+    ids = torch.randint(5, 101, (3, 12), device="cuda")
+    gpt = CausalLM(tiny_config(causal=True)).cuda()
+    bert = BertPretraining(tiny_config()).cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        gpt(ids, labels=ids).loss.backward()
+        bert.transformer(ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

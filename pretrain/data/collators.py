@@ -37,10 +37,9 @@ class MLMCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         input_ids = pad_to_tensor([e["input_ids"] for e in examples], self.pad_id)
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": (pad_to_tensor([e["input_ids"] for e in examples], -1) != -1).long(),
-        }
+        batch = {"input_ids": input_ids}
+        if len({len(e["input_ids"]) for e in examples}) > 1:  # no mask without padding: the model never checks
+            batch["attention_mask"] = (pad_to_tensor([e["input_ids"] for e in examples], -1) != -1).long()
         if "token_type_ids" in examples[0]:
             batch["token_type_ids"] = pad_to_tensor([e["token_type_ids"] for e in examples], 0)
         if "next_sentence_label" in examples[0]:

@@ -79,7 +79,7 @@ def config_from_hf(hf: dict[str, Any]) -> TransformerConfig:
 def hf_state_dict(model: AnyModel) -> dict[str, torch.Tensor]:
     """Our weights under Hugging Face names (tied weights once, as HF saves them)."""
     adapter = family_of(model.config)
-    ours = model.state_dict()
+    ours = {k: _true_vocab_rows(k, v, model.config) for k, v in model.state_dict().items()}
     trunk, heads = adapter.full_table(model)
     out: dict[str, torch.Tensor] = {}
     for o, t, how in trunk + heads:
@@ -162,10 +162,28 @@ def load_hf_state_dict(model: AnyModel, state: dict[str, torch.Tensor], source: 
     fresh = [o for o in missing if o not in required]
     if fresh:
         log.warning("%s: newly initialised (not in the checkpoint): %s", source, fresh)
+    current = model.state_dict()
+    ours = {k: _padded_vocab_rows(k, v, current[k]) for k, v in ours.items()}
     result = model.load_state_dict(ours, strict=False)
     leftover = [k for k in result.missing_keys if k not in fresh and not _is_tied(model, k)]
     if leftover or result.unexpected_keys:
         raise RuntimeError(f"internal mapping error: missing {leftover}, unexpected {result.unexpected_keys}")
+
+
+# our tensors with one row per vocabulary entry: config.padded_vocab_size rows here, vocab_size in the export
+VOCAB_ROWS = ("embeddings.word.weight", "mlm_head.decoder.weight", "lm_head.weight")
+
+
+def _true_vocab_rows(key: str, tensor: torch.Tensor, config: TransformerConfig) -> torch.Tensor:
+    """Export: the padded vocabulary rows (never used ids) are dropped."""
+    return tensor[: config.vocab_size] if key.endswith(VOCAB_ROWS) else tensor
+
+
+def _padded_vocab_rows(key: str, theirs: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """Import: a checkpoint's vocab_size rows, completed with the model's own (initialised) padded rows."""
+    if not key.endswith(VOCAB_ROWS) or theirs.size(0) >= current.size(0):
+        return theirs
+    return torch.cat([theirs, current[theirs.size(0) :].to(theirs.dtype)])
 
 
 def _is_tied(model: torch.nn.Module, key: str) -> bool:

@@ -43,6 +43,9 @@ class TransformerConfig:
     positions_skip_padding: bool = False  # RoBERTa: positions count non-padding tokens from pad_token_id + 1
     head_transform: bool = False  # ModernBERT: task heads start with dense -> act -> norm (no tanh pooler)
     classifier_pooling: Literal["cls", "mean"] = "cls"  # encoders with head_transform (ModernBERT)
+    # the embedding / LM head / MLM decoder get ceil(vocab_size / m) * m rows (aligned matmuls on accelerators);
+    # the extra ids are never input, never predicted (their logits are masked or sliced off), never exported
+    pad_vocab_multiple: int = 64
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_size", "max_positions"):
@@ -53,6 +56,11 @@ class TransformerConfig:
             raise ValueError(
                 f"model config: hidden_size ({self.hidden_size}) is not divisible by num_heads "
                 f"({self.num_heads}); pick a head count that divides it, e.g. {_divisor_hint(self.hidden_size)}"
+            )
+        if not isinstance(self.pad_vocab_multiple, int) or self.pad_vocab_multiple < 1:
+            raise ValueError(
+                "model config: pad_vocab_multiple must be an integer >= 1 (1 = no padding), "
+                f"got {self.pad_vocab_multiple!r}"
             )
         if self.segment_vocab_size < 0:
             raise ValueError("model config: segment_vocab_size must be >= 0 (0 = no segment embeddings)")
@@ -90,6 +98,11 @@ class TransformerConfig:
         return self.hidden_size // self.num_heads
 
     @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the vocabulary matrices: vocab_size rounded up to a multiple of pad_vocab_multiple."""
+        return -(-self.vocab_size // self.pad_vocab_multiple) * self.pad_vocab_multiple
+
+    @property
     def kv_heads(self) -> int:
         return self.num_kv_heads or self.num_heads
 
@@ -105,6 +118,7 @@ class TransformerConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TransformerConfig:
+        values = {"pad_vocab_multiple": 1, **values}  # saved before vocabularies were padded: stored unpadded
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

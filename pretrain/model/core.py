@@ -82,7 +82,7 @@ class ModelOutput:
 class Embeddings(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
-        self.word = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.word = nn.Embedding(config.padded_vocab_size, config.hidden_size)
         self.position = (
             nn.Embedding(config.max_positions, config.hidden_size) if config.position_embedding == "learned" else None
         )
@@ -156,7 +156,7 @@ class SelfAttention(nn.Module):
                 k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
             if mask is not None:
-                scores = scores + mask
+                scores = scores.masked_fill(mask.logical_not(), float("-inf"))
             elif is_causal:
                 scores = scores.masked_fill(_causal_bool(length, k.size(2), x.device).logical_not(), float("-inf"))
             probs = scores.softmax(dim=-1)
@@ -231,6 +231,7 @@ class Transformer(nn.Module):
         pooler = not config.causal and not config.head_transform if pooler is None else pooler
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
         self.apply(self._init_weights)
+        zero_padded_vocab_rows(self.embeddings.word.weight, config.vocab_size)
         if config.norm_placement == "pre":  # GPT-2: scale residual projections by 1/sqrt(2 * layers)
             for block in self.blocks:
                 for proj in (block.attn.proj, block.mlp.proj):
@@ -259,7 +260,7 @@ class Transformer(nn.Module):
                 real = input_ids.ne(cfg.pad_token_id)
                 position_ids = (real.cumsum(dim=1) + past_len) * real + cfg.pad_token_id
         x = self.embeddings(input_ids, token_type_ids, position_ids)
-        mask, is_causal = self._attention_mask(attention_mask, batch, length, past_len, x.dtype, x.device)
+        mask, is_causal = self._attention_mask(attention_mask, batch, length, past_len, x.device)
         rope = local_rope = local_mask = None
         if cfg.position_embedding == "rotary":
             rope = rotary_tables(position_ids, cfg.head_dim, cfg.rope_theta, x.dtype)
@@ -267,7 +268,7 @@ class Transformer(nn.Module):
             if cfg.local_rope_theta is not None and cfg.local_rope_theta != cfg.rope_theta:
                 local_rope = rotary_tables(position_ids, cfg.head_dim, cfg.local_rope_theta, x.dtype)
         if cfg.local_attention:
-            local_mask = self._local_mask(attention_mask, length, x.dtype, x.device)
+            local_mask = self._local_mask(attention_mask, length, x.device)
 
         new_cache: KVCache = []
         attentions = []
@@ -304,56 +305,69 @@ class Transformer(nn.Module):
                 f"sequence of {total} tokens is longer than the position table ({cfg.max_positions}); "
                 "truncate the input (data.max_length) or use a model with larger max_positions"
             )
-        # value checks read the ids on the host: free on a CPU, a sync per forward on an accelerator, where
-        # they are skipped (the data side builds the ids from the model's own tokenizer, checked at start-up)
-        on_host = input_ids.device.type == "cpu"
-        if input_ids.numel() and on_host:
+        # value checks read the ids on the host: only outside training, on CPU tensors and in eager mode, so a
+        # training forward (whose ids come from the model's own tokenizer, checked at start-up), an accelerator's
+        # forward and a compiled graph never wait on them (out-of-range ids then fail inside the embedding)
+        if self.training or input_ids.device.type != "cpu" or torch.compiler.is_compiling():
+            return
+        if input_ids.numel():
             low, high = torch.stack(torch.aminmax(input_ids)).tolist()
             if low < 0 or high >= cfg.vocab_size:
                 raise ValueError(
                     f"token id {high if high >= cfg.vocab_size else low} is outside the vocabulary "
                     f"[0, {cfg.vocab_size}); the tokenizer does not match the model (vocab_size={cfg.vocab_size})"
                 )
-        if on_host and token_type_ids is not None and token_type_ids.numel() and cfg.segment_vocab_size:
-            if int(token_type_ids.max()) >= cfg.segment_vocab_size or int(token_type_ids.min()) < 0:
+        if token_type_ids is not None and token_type_ids.numel() and cfg.segment_vocab_size:
+            low, high = torch.stack(torch.aminmax(token_type_ids)).tolist()
+            if low < 0 or high >= cfg.segment_vocab_size:
                 raise ValueError(f"token_type_ids must be in [0, {cfg.segment_vocab_size})")
 
-    def _attention_mask(self, attention_mask, batch, length, past_len, dtype, device):
-        """Returns (additive float mask or None, is_causal flag) for scaled_dot_product_attention.
+    def _attention_mask(self, attention_mask, batch, length, past_len, device):
+        """Returns (boolean mask or None, is_causal flag) for scaled_dot_product_attention.
 
-        Fast paths pass no mask at all. Otherwise masked entries get the dtype's minimum rather than
-        -inf, so a fully padded row softmaxes to uniform weights instead of NaN."""
+        Decided from shapes alone, never from the mask's values (that would make the host wait for the
+        device): no `attention_mask` means no padding, so bidirectional attention needs no mask and causal
+        attention goes through SDPA's `is_causal`; data collators leave the mask out of unpadded batches.
+        Given a mask, padding keys are masked with a boolean (B, 1, 1, Tk) mask, (B, 1, Tq, Tk) when causal."""
         causal = self.config.causal
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        if not padded and (not causal or past_len == 0 or length == 1):
-            # a single new query under a cache may see every key, so no mask is needed there either
-            return None, causal and past_len == 0 and length > 1
         key_len = past_len + length
-        allowed = torch.ones(batch, 1, length, key_len, dtype=torch.bool, device=device)
-        if padded:
-            if attention_mask.shape != (batch, key_len):
-                raise ValueError(
-                    f"attention_mask must have shape {(batch, key_len)}, got {tuple(attention_mask.shape)}"
-                )
-            allowed = allowed & attention_mask.bool()[:, None, None, :]
+        if attention_mask is None:
+            if not causal or past_len == 0 or length == 1:
+                # a single new query under a cache may see every key, so no mask is needed there either
+                return None, causal and past_len == 0 and length > 1
+            return _causal_bool(length, key_len, device)[None, None], False
+        if attention_mask.shape != (batch, key_len):
+            raise ValueError(f"attention_mask must have shape {(batch, key_len)}, got {tuple(attention_mask.shape)}")
+        allowed = attention_mask.bool()[:, None, None, :]
         if causal:
             allowed = allowed & _causal_bool(length, key_len, device)
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-        return mask.masked_fill(~allowed, torch.finfo(dtype).min), False
+        return _attend_somewhere(allowed), False
 
-    def _local_mask(self, attention_mask, length, dtype, device) -> torch.Tensor | None:
+    def _local_mask(self, attention_mask, length, device) -> torch.Tensor | None:
         """Sliding-window mask of local layers: query i sees keys j with |i - j| <= local_attention // 2
         (and not padding). None when the window covers the whole unpadded sequence."""
         half = self.config.local_attention // 2
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        if length - 1 <= half and not padded:
+        if length - 1 <= half and attention_mask is None:
             return None
         positions = torch.arange(length, device=device)
         allowed = ((positions[:, None] - positions[None, :]).abs() <= half)[None, None]
-        if padded:
+        if attention_mask is not None:
             allowed = allowed & attention_mask.bool()[:, None, None, :]
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-        return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+        return _attend_somewhere(allowed)
+
+
+def _attend_somewhere(allowed: torch.Tensor) -> torch.Tensor:
+    """A query that may see no key at all (a padding query of a left-padded causal row, a fully padded
+    row) attends to every key instead, as Hugging Face does: its output is never used, but a softmax over
+    nothing would be NaN in some kernels, and NaN poisons the gradients. No host sync: pure tensor ops."""
+    return allowed | ~allowed.any(dim=-1, keepdim=True)
+
+
+@torch.no_grad()
+def zero_padded_vocab_rows(weight: torch.Tensor, vocab_size: int) -> None:
+    """The rows past the true vocabulary (config.padded_vocab_size) start at zero and stay there: no id
+    looks them up and no logit of theirs is scored, so they get no gradient (exports drop them)."""
+    weight[vocab_size:].zero_()
 
 
 def init_weights(module: nn.Module, std: float) -> None:

@@ -9,9 +9,15 @@ import torch.nn as nn
 
 from ..targets import IGNORE_INDEX
 from .config import TransformerConfig
-from .core import ACTIVATIONS, KVCache, ModelOutput, Transformer, init_weights, make_norm
+from .core import ACTIVATIONS, KVCache, ModelOutput, Transformer, init_weights, make_norm, zero_padded_vocab_rows
 from .generation import generate
 from .losses import LossTerm, ce_term, chunked_lm_loss_term, lm_loss_term, mean_loss
+
+
+def true_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The logits of the real vocabulary: the matmul runs over the padded rows (config.padded_vocab_size,
+    aligned), the padded ids' columns are dropped (a view), so no loss, argmax or sample can see them."""
+    return logits[..., :vocab_size]
 
 
 class HeadTransform(nn.Module):
@@ -35,13 +41,14 @@ class MLMHead(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.bias)
         self.act = ACTIVATIONS[config.activation]
         self.norm = make_norm(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decoder = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.decoder.weight = word_embeddings.weight
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.vocab_size = config.vocab_size
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.norm(self.act(self.dense(h)))) + self.bias
+        return true_vocab(self.decoder(self.norm(self.act(self.dense(h)))), self.vocab_size) + self.bias
 
 
 class PretrainedModel(nn.Module):
@@ -65,11 +72,12 @@ class PretrainedModel(nn.Module):
 
     def _add_aux_lm_head(self, weight: float) -> None:
         if self.config.causal and weight:
-            self.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False)
+            self.lm_head = nn.Linear(self.config.hidden_size, self.config.padded_vocab_size, bias=False)
             self.lm_head.weight = self.transformer.embeddings.word.weight
 
     def _aux_lm_term(self, hidden: torch.Tensor, lm_labels: torch.Tensor) -> LossTerm:
-        total, count, targets = lm_loss_term(self.lm_head(hidden), lm_labels, "lm_labels")
+        logits = true_vocab(self.lm_head(hidden), self.config.vocab_size)
+        total, count, targets = lm_loss_term(logits, lm_labels, "lm_labels")
         return LossTerm(total * self.lm_loss_weight, count, targets)
 
 
@@ -88,6 +96,7 @@ class BertPretraining(PretrainedModel):
         self._init_heads(*(m for m in (self.mlm_head.dense, self.mlm_head.norm, self.nsp_head) if m is not None))
         if not config.tie_embeddings:
             self._init_heads(self.mlm_head.decoder)
+            zero_padded_vocab_rows(self.mlm_head.decoder.weight, config.vocab_size)
 
     def forward(
         self,
@@ -121,11 +130,12 @@ class CausalLM(PretrainedModel):
         if not config.causal:
             raise ValueError("CausalLM needs a causal model (causal=true)")
         super().__init__(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.embeddings.word.weight
         else:
             self._init_heads(self.lm_head)
+            zero_padded_vocab_rows(self.lm_head.weight, config.vocab_size)
 
     def forward(
         self,
@@ -141,10 +151,12 @@ class CausalLM(PretrainedModel):
         if labels is not None and torch.is_grad_enabled():
             # training: the LM head and its loss run chunk by chunk; the (tokens x vocab) logits and their
             # gradient never exist whole (for GPT-2's 50k words they are most of a small model's memory)
-            out.loss_terms["lm"] = chunked_lm_loss_term(out.last_hidden_state, self.lm_head.weight, labels)
+            out.loss_terms["lm"] = chunked_lm_loss_term(
+                out.last_hidden_state, self.lm_head.weight, labels, vocab_size=self.config.vocab_size
+            )
             out.loss = mean_loss(out.loss_terms)
             return out  # out.logits stays None; call under torch.no_grad() (or without labels) to get them
-        out.logits = self.lm_head(out.last_hidden_state)
+        out.logits = true_vocab(self.lm_head(out.last_hidden_state), self.config.vocab_size)
         if labels is not None:
             out.loss_terms["lm"] = lm_loss_term(out.logits, labels)
         out.loss = mean_loss(out.loss_terms)

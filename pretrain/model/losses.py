@@ -44,12 +44,19 @@ def lm_loss_term(logits: torch.Tensor, labels: torch.Tensor, targets: str = "lab
 
 
 def chunked_lm_loss_term(
-    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_elements: int = 2**23
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_elements: int = 2**25,
+    vocab_size: int | None = None,
 ) -> LossTerm:
-    """lm_loss_term(hidden @ weight.T, labels) without the whole logits: `chunk_elements` logits at a time."""
+    """lm_loss_term(hidden @ weight.T, labels) without the whole logits: `chunk_elements` logits at a time
+    (2**25: 128 MB of fp32 logits, a few chunks for GPT-2's vocabulary). `weight` may have padded rows past
+    `vocab_size` (config.padded_vocab_size): their logits are masked out, so the loss is the true vocabulary's."""
     shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
     rows = max(1, chunk_elements // weight.size(0))
-    total = _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.size(-1)), weight, shifted, rows)
+    vocab_size = weight.size(0) if vocab_size is None else vocab_size
+    total = _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.size(-1)), weight, shifted, rows, vocab_size)
     return LossTerm(total, (shifted != IGNORE_INDEX).sum(), "labels")
 
 
@@ -57,30 +64,39 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of (hidden @ weight.T) against targets, `rows` at a time. The gradients
     are computed in the forward pass, chunk by chunk (the loss is a sum, so backward only scales
     them by the incoming gradient): the logits and their gradient exist for one chunk at a time and
-    nothing of size vocab is kept for backward. Ignored targets (-100) are masked with arithmetic,
+    nothing of size vocab is kept for backward. The softmax is built in place of the logits (max,
+    subtract, exp, sum: four passes, no copy). Ignored targets (-100) are masked with arithmetic,
     not boolean indexing, so there is no data-dependent shape and no host sync."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
+    def forward(
+        ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int, vocab_size: int
+    ) -> torch.Tensor:
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_hidden = torch.zeros_like(hidden) if need_hidden else None
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.size(0), rows):
             h, y = hidden[start : start + rows], targets[start : start + rows]
             logits = (h @ weight.t()).float()
+            if vocab_size < logits.size(1):  # padded vocabulary rows: never predicted, no gradient
+                logits[:, vocab_size:] = float("-inf")
             valid = (y != IGNORE_INDEX).float()
             index = y.clamp(min=0)[:, None]
-            log_z = logits.logsumexp(dim=-1)
-            total += ((log_z - logits.gather(1, index).squeeze(1)) * valid).sum()
+            target_logit = logits.gather(1, index).squeeze(1)
+            top = logits.amax(dim=-1, keepdim=True)
+            probs = logits.sub_(top).exp_()  # exp(logits - max), in place of the logits
+            norm = probs.sum(dim=-1)
+            total += ((norm.log() + top.squeeze(1) - target_logit) * valid).sum()
             if need_hidden or need_weight:
-                grad = logits.sub_(log_z[:, None]).exp_()  # softmax, in place of the logits
+                grad = probs.mul_((valid / norm)[:, None])  # softmax; rows of ignored targets become 0
                 grad.scatter_add_(1, index, -valid[:, None])  # minus the one-hot target
-                grad.mul_(valid[:, None])
                 grad = grad.to(weight.dtype)
                 if need_hidden:
                     grad_hidden[start : start + rows] = grad @ weight
-                if need_weight:
+                if need_weight and grad.dtype == torch.float32:
+                    grad_weight.addmm_(grad.t(), h)  # accumulates without a (vocab x hidden) temporary
+                elif need_weight:
                     grad_weight += grad.t() @ h.to(grad.dtype)
         ctx.save_for_backward(
             grad_hidden if need_hidden else None, grad_weight.to(weight.dtype) if need_weight else None
@@ -93,6 +109,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (
             grad_hidden * grad_total if grad_hidden is not None else None,
             grad_weight * grad_total if grad_weight is not None else None,
+            None,
             None,
             None,
         )
