@@ -28,6 +28,8 @@ from pretrain.targets import IGNORE_INDEX
 
 
 def build(args: argparse.Namespace):
+    """The Hugging Face model of the family and ours loaded from it (the same weights). Over 60 lines:
+    one flat branch per family, so each reference config reads whole."""
     import transformers
 
     from pretrain import load_hf
