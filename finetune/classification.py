@@ -3,9 +3,6 @@ multi-class or regression. BERT reads the pooled [CLS]; GPT reads the last token
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,80 +10,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.data import next_token_labels, pad_to_tensor
+from pretrain.data import next_token_labels, padding_id
 from pretrain.errors import ConfigError, DataError
+from pretrain.train import Task
 
-from .config import FinetuneDataConfig
+from . import multiple_choice as mc
+from .common import Built, Evaluation, capped, jsonl, logits_of, padded_inputs, predict, with_validation
+from .config import FinetuneConfig, FinetuneDataConfig
+from .files import read_rows
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def read_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
-    """Rows of a GLUE .tsv, a .csv, or a .json / .jsonl file, as dicts."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"data file {file} does not exist; check data.train / data.validation")
-    suffix = file.suffix.lower()
-    text = _read_text(file)
-    if not text.strip():
-        raise DataError(f"{file} is empty; check data.train / data.validation")
-    if suffix in (".json", ".jsonl"):
-        try:
-            rows = json.loads(text)
-            rows = rows["data"] if isinstance(rows, dict) and "data" in rows else rows
-            rows = [rows] if isinstance(rows, dict) else rows  # a .jsonl file of one line
-        except json.JSONDecodeError:
-            rows = []
-            for number, line in enumerate(text.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(
-                        f"{file}, line {number}: not valid JSON ({e.msg}); a .json file holds one list of objects, "
-                        "a .jsonl file one object per line"
-                    ) from None
-        if not isinstance(rows, list):
-            raise DataError(f"{file}: expected a list of objects (or one object per line), got {type(rows).__name__}")
-        for number, row in enumerate(rows, start=1):
-            if not isinstance(row, dict):
-                raise DataError(f"{file}, row {number}: expected an object with named fields, got {row!r:.60}")
-        return rows
-    if suffix not in (".tsv", ".csv", ".txt"):
-        raise ConfigError(f"{file}: unknown file type {suffix!r}; use .tsv, .csv, .json or .jsonl")
-    if suffix == ".csv":
-        reader = csv.reader(io.StringIO(text, newline=""))
-    else:  # GLUE TSVs contain bare quotes: no quoting
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    lines = [row for row in reader if row]
-    if columns is None and len(lines) < 2:
-        raise DataError(f"{file} has a header line but no rows; check data.train / data.validation")
-    if columns is None:
-        header, lines = lines[0], lines[1:]
-    else:
-        header = columns
-    rows = []
-    for number, values in enumerate(lines, start=2 if columns is None else 1):
-        if len(values) != len(header):
-            raise DataError(
-                f"{file}, line {number}: {len(values)} fields where the header has {len(header)}"
-                + ("" if columns is None else " (data.columns)")
-                + "; fix the line (a .tsv separates fields by tabs)"
-            )
-        rows.append(dict(zip(header, values, strict=True)))
-    return rows
-
-
-def _read_text(file: Path) -> str:
-    try:
-        return file.read_text(encoding="utf-8-sig")  # utf-8-sig: MRPC files start with a BOM
-    except UnicodeDecodeError as e:
-        line = file.read_bytes()[: e.start].count(b"\n") + 1
-        raise DataError(f"{file}, line {line}: not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
 
 
 def exclude_rows(rows: list[dict[str, Any]], ids_file: str, id_columns: list[str] | None) -> list[dict[str, Any]]:
@@ -260,13 +196,7 @@ class ClassificationCollator:
         self.pad_id, self.regression, self.lm_labels = pad_id, regression, lm_labels
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        ids = [e["input_ids"] for e in examples]
-        batch = {
-            "input_ids": pad_to_tensor(ids, self.pad_id),
-            "attention_mask": pad_to_tensor([[1] * len(x) for x in ids], 0),
-        }
-        if "token_type_ids" in examples[0]:
-            batch["token_type_ids"] = pad_to_tensor([e["token_type_ids"] for e in examples], 0)
+        batch = padded_inputs(examples, self.pad_id)
         if "labels" in examples[0]:
             dtype = torch.float if self.regression else torch.long
             batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=dtype)
@@ -323,3 +253,92 @@ def regression_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[str,
         "spearman": pearson(ranks(predictions), ranks(labels)),
         "mse": float(((predictions - labels) ** 2).mean()),
     }
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def build_task(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any) -> Built:
+    """Sequence classification (or regression) for the shared loop: the Task, the final evaluation
+    (metrics and predictions.jsonl) and the metric that keeps the best model."""
+    d = cfg.data
+    train_rows, val_rows = _rows(cfg)
+    labels = label_vocabulary(train_rows, d)
+    num_labels = 1 if d.regression else len(labels)
+    pad = padding_id(tokenizer)
+    model = load_classifier(cfg.model.init, num_labels, cfg.model.lm_loss_weight, labels, pad, d.symmetric)
+    causal = model.config.causal
+    aux_lm = causal and cfg.model.lm_loss_weight > 0  # the batches carry the auxiliary LM loss's targets
+    train_file, validation_file = cfg.files()
+    train_features = _features(tokenizer, train_rows, d, labels, train_file or "the train split", causal)
+    val_features = _features(tokenizer, val_rows, d, labels, validation_file or "the validation split", causal)
+    if d.symmetric:
+        collate = mc.ChoicesCollator(pad, torch.float if d.regression else torch.long, aux_lm)
+    else:
+        collate = ClassificationCollator(pad, d.regression, aux_lm)
+    batch_size = cfg.train.batch_size
+
+    def evaluate_all(m: Any, acc: Any) -> tuple[dict[str, float], np.ndarray]:
+        logits = np.stack(predict(m, acc, val_features, collate, batch_size, logits_of))
+        gold = np.array([f["labels"] for f in val_features])
+        if d.regression:
+            return regression_metrics(logits[:, 0], gold), logits[:, 0]
+        predictions = logits.argmax(-1)
+        return classification_metrics(predictions, gold, num_labels), predictions
+
+    evaluation = Evaluation(evaluate_all)
+
+    def final_eval(m: Any, acc: Any) -> tuple[dict[str, float], tuple[str, str]]:
+        metrics, predictions = evaluation.final(m, acc)
+        return metrics, ("predictions.jsonl", jsonl(_prediction_records(predictions, val_rows, d, labels)))
+
+    task = Task(model=model, train_data=train_features, collate=collate, evaluate=evaluation, tokenizer=tokenizer)
+    return task, final_eval, "pearson" if d.regression else "accuracy"
+
+
+def _rows(cfg: FinetuneConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The training and validation rows, checked; rows listed in data.exclude_ids_file dropped from
+    training; the held-out part and the caps applied."""
+    d = cfg.data
+    train_file, validation_file = cfg.files()
+
+    def load(path: str | None, split: str) -> list[dict[str, Any]]:
+        rows = load_split(d, path, split)
+        check_columns(rows, d, path or split)
+        return rows
+
+    train_rows = load(train_file, d.train_split)
+    if d.exclude_ids_file:
+        train_rows = exclude_rows(train_rows, d.exclude_ids_file, d.id_columns)
+    train_rows, val_rows = with_validation(cfg, train_rows, lambda: load(validation_file, d.validation_split))
+    return capped(cfg, train_rows, val_rows)
+
+
+def _features(
+    tokenizer: Any, rows: list[dict[str, Any]], cfg: FinetuneDataConfig, labels: list[str], where: str, causal: bool
+) -> list[dict[str, Any]]:
+    """Encoded rows with their targets. data.symmetric (GPT-paper similarity): each pair in both
+    orders, batched as (batch, 2, length) by the multiple-choice collator."""
+    targets = encode_labels(rows, cfg, labels, where)
+    if cfg.symmetric:
+        a, b = [str(r[cfg.text_column]) for r in rows], [str(r[cfg.text_pair_column]) for r in rows]
+        ab, ba = (mc.encode_pairs(tokenizer, x, y, cfg.max_length, causal) for x, y in ((a, b), (b, a)))
+        return [{"choices": [x, y], "labels": t} for x, y, t in zip(ab, ba, targets, strict=True)]
+    enc = encode_texts(tokenizer, rows, cfg, causal)
+    return [{**{k: v[i] for k, v in enc.items()}, "labels": targets[i]} for i in range(len(rows))]
+
+
+def _prediction_records(
+    predictions: np.ndarray, rows: list[dict[str, Any]], cfg: FinetuneDataConfig, labels: list[str]
+) -> list[dict[str, Any]]:
+    """predictions.jsonl: each validation row's prediction (a label name, or a score) beside its label and text."""
+    return [
+        {
+            "index": i,
+            "prediction": float(p) if cfg.regression else labels[int(p)],
+            "label": r[cfg.label_column],
+            "text": r[cfg.text_column],
+            **({"text_pair": r[cfg.text_pair_column]} if cfg.text_pair_column else {}),
+        }
+        for i, (p, r) in enumerate(zip(predictions, rows, strict=True))
+    ]

@@ -12,10 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.data import next_token_labels, pad_to_tensor
+from pretrain.data import next_token_labels, padding_id
 from pretrain.errors import ConfigError
+from pretrain.train import Task
+from pretrain.train.checkpoints import load_pretrained
 
-from .config import FinetuneDataConfig
+from .common import Built, Evaluation, capped, jsonl, logits_of, padded_inputs, predict, with_validation
+from .config import FinetuneConfig, FinetuneDataConfig
+from .files import read_rows
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +83,6 @@ def examples_from_rows(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, wher
 
 def load_examples(cfg: FinetuneDataConfig, path: str | None, split: str) -> list[ChoiceExample]:
     if path is not None:
-        from .classification import read_rows
-
         return examples_from_rows(read_rows(path), cfg, path)
     import datasets  # a hub dataset by name: needs internet
 
@@ -124,14 +126,7 @@ class ChoicesCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         n = len(examples[0]["choices"])
         flat = [c for e in examples for c in e["choices"]]
-        ids = [c["input_ids"] for c in flat]
-        batch = {
-            "input_ids": pad_to_tensor(ids, self.pad_id),
-            "attention_mask": pad_to_tensor([[1] * len(x) for x in ids], 0),
-        }
-        if "token_type_ids" in flat[0]:
-            batch["token_type_ids"] = pad_to_tensor([c["token_type_ids"] for c in flat], 0)
-        batch = {k: v.view(len(examples), n, -1) for k, v in batch.items()}
+        batch = {k: v.view(len(examples), n, -1) for k, v in padded_inputs(flat, self.pad_id).items()}
         if "labels" in examples[0]:
             batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=self.label_dtype)
             if self.lm_labels:
@@ -141,3 +136,50 @@ class ChoicesCollator:
 
 def accuracy(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"accuracy": float((scores.argmax(-1) == labels).mean())}
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def build_task(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any) -> Built:
+    """Multiple choice for the shared loop: the Task, the final evaluation (accuracy and
+    predictions.jsonl with every choice's score) and the metric that keeps the best model."""
+    d = cfg.data
+    check_config(d)
+    train_file, validation_file = cfg.files()
+    train_examples, val_examples = with_validation(
+        cfg, load_examples(d, train_file, d.train_split), lambda: load_examples(d, validation_file, d.validation_split)
+    )
+    train_examples, val_examples = capped(cfg, train_examples, val_examples)
+
+    model = load_pretrained(cfg.model.init, head="multiple_choice", lm_loss_weight=cfg.model.lm_loss_weight)
+    causal = model.config.causal
+    train_features = features(tokenizer, train_examples, d.max_length, causal)
+    val_features = features(tokenizer, val_examples, d.max_length, causal)
+    collate = ChoicesCollator(padding_id(tokenizer), lm_labels=causal and cfg.model.lm_loss_weight > 0)
+    gold = np.array([ex.label for ex in val_examples])
+    batch_size = cfg.train.batch_size
+
+    def evaluate_all(m: Any, acc: Any) -> tuple[dict[str, float], np.ndarray]:
+        scores = np.stack(predict(m, acc, val_features, collate, batch_size, logits_of))
+        return accuracy(scores, gold), scores
+
+    evaluation = Evaluation(evaluate_all)
+
+    def final_eval(m: Any, acc: Any) -> tuple[dict[str, float], tuple[str, str]]:
+        metrics, scores = evaluation.final(m, acc)
+        records = (
+            {
+                "index": i,
+                "prediction": int(row.argmax()),
+                "label": ex.label,
+                "scores": [round(float(x), 6) for x in row],
+                "context": ex.context,
+                "choices": ex.choices,
+            }
+            for i, (row, ex) in enumerate(zip(scores, val_examples, strict=True))
+        )
+        return metrics, ("predictions.jsonl", jsonl(records))
+
+    task = Task(model=model, train_data=train_features, collate=collate, evaluate=evaluation, tokenizer=tokenizer)
+    return task, final_eval, "accuracy"

@@ -12,10 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.data import pad_to_tensor
-from pretrain.errors import DataError
+from pretrain.errors import ConfigError, DataError
+from pretrain.train import Task
+from pretrain.train.checkpoints import load_pretrained
 
-from .config import FinetuneDataConfig
+from .common import Built, Evaluation, capped, padded_inputs, predict, with_validation
+from .config import FinetuneConfig, FinetuneDataConfig
+from .squad_metric import squad_scores
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +167,7 @@ class QACollator:
         self.pad_id = pad_id
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        ids = [f["input_ids"] for f in features]
-        batch = {
-            "input_ids": pad_to_tensor(ids, self.pad_id),
-            "attention_mask": pad_to_tensor([[1] * len(x) for x in ids], 0),
-            "token_type_ids": pad_to_tensor([f["token_type_ids"] for f in features], 0),
-        }
+        batch = padded_inputs(features, self.pad_id)  # every window has token_type_ids
         if "start_positions" in features[0]:
             batch["start_positions"] = torch.tensor([f["start_positions"] for f in features])
             batch["end_positions"] = torch.tensor([f["end_positions"] for f in features])
@@ -210,3 +208,57 @@ def best_answers(
             best_text = ""
         predictions[ex.id] = best_text
     return predictions
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def build_task(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any) -> Built:
+    """Span QA for the shared loop: the Task, the final evaluation (SQuAD metrics and
+    predictions.json) and the metric that keeps the best model (f1)."""
+    d = cfg.data
+    train_file, validation_file = cfg.files()
+
+    def load(path: str | None, split: str) -> list[QAExample]:
+        return read_squad(path) if path else squad_from_hub(d.hub_name, d.hub_config, split)
+
+    train_examples, val_examples = with_validation(
+        cfg,
+        load(train_file, d.train_split),
+        lambda: load(validation_file, d.validation_split),
+        group=lambda x: x.title,
+        hub_holdout=False,
+    )
+    train_examples, skipped = check_answers(train_examples, train_file or "the training split")
+    if not d.version_2 and any(not ex.answers for ex in train_examples):
+        raise ConfigError("the training data has unanswerable questions (SQuAD 2.0): set data.version_2=true")
+    train_examples, val_examples = capped(cfg, train_examples, val_examples)
+
+    model = load_pretrained(cfg.model.init, head="qa")
+    if model.config.causal:
+        raise ConfigError("span QA is implemented for BERT-style (bidirectional) models; model.init is a GPT")
+    train_features = windows(tokenizer, train_examples, d, training=True)
+    val_features = windows(tokenizer, val_examples, d, training=False)
+    collate = QACollator(tokenizer.pad_token_id)
+    golds = {ex.id: ex.answers for ex in val_examples}
+    batch_size = cfg.train.batch_size
+
+    def spans_of(out: Any, batch: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+        lengths = batch["attention_mask"].sum(-1).tolist()
+        s, e = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+        return [(s[i, :n], e[i, :n]) for i, n in enumerate(lengths)]
+
+    def evaluate_all(m: Any, acc: Any) -> tuple[dict[str, float], dict[str, str]]:
+        logits = predict(m, acc, val_features, collate, batch_size, spans_of)
+        answers = best_answers(val_examples, val_features, [x[0] for x in logits], [x[1] for x in logits], d)
+        return squad_scores(answers, golds, "2.0" if d.version_2 else "1.1"), answers
+
+    evaluation = Evaluation(evaluate_all)
+
+    def final_eval(m: Any, acc: Any) -> tuple[dict[str, float], tuple[str, str]]:
+        metrics, answers = evaluation.final(m, acc)
+        metrics = {**metrics, "skipped_training_examples": float(skipped)}
+        return metrics, ("predictions.json", json.dumps(answers, indent=1, ensure_ascii=False))
+
+    task = Task(model=model, train_data=train_features, collate=collate, evaluate=evaluation, tokenizer=tokenizer)
+    return task, final_eval, "f1"

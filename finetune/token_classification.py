@@ -13,11 +13,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.data import pad_to_tensor
+from pretrain.data import pad_to_tensor, padding_id
 from pretrain.errors import ConfigError
 from pretrain.model import IGNORE_INDEX
+from pretrain.train import Task
+from pretrain.train.checkpoints import load_pretrained
 
-from .config import FinetuneDataConfig
+from . import conlleval
+from .common import Built, Evaluation, capped, padded_inputs, predict, with_validation
+from .config import FinetuneConfig, FinetuneDataConfig
+from .files import read_rows
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +101,6 @@ def load_sentences(cfg: FinetuneDataConfig, path: str | None, split: str) -> tup
     names when its features carry them (conll2003's ClassLabel)."""
     if path is not None:
         if Path(path).suffix.lower() in (".json", ".jsonl"):
-            from .classification import read_rows
-
             return sentences_from_rows(read_rows(path), cfg.tags_column, path, cfg.label_names), None
         return read_conll(path, cfg.conll_column), None
     import datasets  # a hub dataset by name: needs internet
@@ -224,14 +227,8 @@ class TokenCollator:
         self.pad_id = pad_id
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        ids = [e["input_ids"] for e in examples]
-        batch = {
-            "input_ids": pad_to_tensor(ids, self.pad_id),
-            "attention_mask": pad_to_tensor([[1] * len(x) for x in ids], 0),
-            "labels": pad_to_tensor([e["labels"] for e in examples], IGNORE_INDEX),
-        }
-        if "token_type_ids" in examples[0]:
-            batch["token_type_ids"] = pad_to_tensor([e["token_type_ids"] for e in examples], 0)
+        batch = padded_inputs(examples, self.pad_id)
+        batch["labels"] = pad_to_tensor([e["labels"] for e in examples], IGNORE_INDEX)
         return batch
 
 
@@ -253,3 +250,49 @@ def conll_text(sentences: list[Sentence], predicted: list[list[str]]) -> str:
         for s, tags in zip(sentences, predicted, strict=True)
     ]
     return "\n".join(blocks)
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def build_task(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any) -> Built:
+    """Token classification for the shared loop: the Task, the final evaluation (conlleval's chunk
+    scores and predictions.conll) and the metric that keeps the best model (f1)."""
+    d = cfg.data
+    train_file, validation_file = cfg.files()
+    train_sentences, hub_names = load_sentences(d, train_file, d.train_split)
+    train_sentences, val_sentences = with_validation(
+        cfg, train_sentences, lambda: load_sentences(d, validation_file, d.validation_split)[0]
+    )
+    train_sentences, val_sentences = capped(cfg, train_sentences, val_sentences)
+    labels = tag_vocabulary(train_sentences, d, hub_names, val_sentences)
+    check_tags(train_sentences, labels, train_file or d.train_split)
+    check_tags(val_sentences, labels, validation_file or d.validation_split)
+
+    model = load_pretrained(cfg.model.init, head="token_classification", num_labels=len(labels))
+    model.id2label = dict(enumerate(labels))
+    causal = model.config.causal
+    train_features = windows(tokenizer, train_sentences, labels, d, causal)
+    val_features = windows(tokenizer, val_sentences, labels, d, causal)
+    collate = TokenCollator(padding_id(tokenizer))
+    gold = [s.tags for s in val_sentences]
+    batch_size = cfg.train.batch_size
+
+    def argmax_of(out: Any, batch: dict) -> list[np.ndarray]:
+        lengths = batch["attention_mask"].sum(-1).tolist()
+        best = out.logits.argmax(-1).cpu().numpy()
+        return [best[i, :n] for i, n in enumerate(lengths)]
+
+    def evaluate_all(m: Any, acc: Any) -> tuple[dict[str, float], list[list[str]]]:
+        best = predict(m, acc, val_features, collate, batch_size, argmax_of)
+        predicted = assemble(val_sentences, val_features, best, labels)
+        return conlleval.evaluate(gold, predicted), predicted
+
+    evaluation = Evaluation(evaluate_all)
+
+    def final_eval(m: Any, acc: Any) -> tuple[dict[str, float], tuple[str, str]]:
+        metrics, predicted = evaluation.final(m, acc)
+        return metrics, ("predictions.conll", conll_text(val_sentences, predicted))
+
+    task = Task(model=model, train_data=train_features, collate=collate, evaluate=evaluation, tokenizer=tokenizer)
+    return task, final_eval, "f1"

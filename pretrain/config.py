@@ -151,7 +151,7 @@ class DataConfig:
     cache_dir: str | None = None  # speed only; default ~/.cache/pretrain
     seed: int = 0  # the held-out split and BERT pairings; separate from the training seed
     tokenizer_sample_mb: float = 20.0  # a trained tokenizer learns from this much of the corpus (reproducible)
-    dupe_factor: int = 1  # BERT: copies of the corpus, each with its own sentence pairings
+    dupe_factor: int = 1  # BERT: copies of the corpus per epoch, each with its own sentence pairings
     # auto: blank lines separate documents in text files, one row is one document elsewhere;
     # wikitext_articles: rows/lines are WikiText lines, articles start at ` = Title = `;
     # sentence_rows: rows are sentences (BookCorpus), grouped into documents of 100

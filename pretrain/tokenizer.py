@@ -14,24 +14,26 @@ END_OF_TEXT = "<|endoftext|>"
 
 
 def train_tokenizer(texts: Iterable[str], family: str, vocab_size: int, lowercase: bool = True) -> Any:
-    """Train a WordPiece (bert) or byte-level BPE (gpt) tokenizer on `texts`."""
+    """Train a WordPiece (bert) or byte-level BPE (gpt) tokenizer on `texts` (a bounded sample: BERT
+    holds it in memory). The same texts give the same tokenizer in any process: byte-level BPE numbers
+    its 256-byte alphabet in codepoint order, and WordPiece's pieces are registered so too (below)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     if family == "bert":
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size, special_tokens=BERT_SPECIALS, min_frequency=2, show_progress=False
-        )
-        tok.train_from_iterator(_batches(texts), trainer=trainer)
+        texts = list(texts)  # a bounded sample (data.tokenizer_sample_mb): read twice
+        normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+        pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        continuing = continuing_characters(texts, normalizer, pre_tokenizer)
+        vocab = _train_wordpiece(texts, normalizer, pre_tokenizer, vocab_size, continuing)
+        missed = {t[2:] for t in vocab if t.startswith("##") and len(t) == 3} - continuing
+        if missed:  # a normalisation this scan did not foresee: train again with those registered too
+            vocab = _train_wordpiece(texts, normalizer, pre_tokenizer, vocab_size, continuing | missed)
         from transformers import BertTokenizer
 
-        # the trainer numbers tokens of equal frequency in hash order; WordPiece segments by the set of
-        # tokens only, so a fixed order (specials first, then sorted) makes training reproducible
-        learned = sorted(set(tok.get_vocab()) - set(BERT_SPECIALS))
-        vocab = {t: i for i, t in enumerate(BERT_SPECIALS + learned)}
-        return BertTokenizer(vocab=vocab, do_lower_case=lowercase)
+        # WordPiece segments by the set of tokens only: a fixed order (specials first, then sorted) of a
+        # reproducible set is a reproducible tokenizer
+        learned = sorted(vocab - set(BERT_SPECIALS))
+        return BertTokenizer(vocab={t: i for i, t in enumerate(BERT_SPECIALS + learned)}, do_lower_case=lowercase)
     if family == "gpt":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -51,6 +53,75 @@ def train_tokenizer(texts: Iterable[str], family: str, vocab_size: int, lowercas
         # GPT-2 has no pad token; padding (fine-tuning batches) reuses end-of-text
         return GPT2Tokenizer(vocab=model["vocab"], merges=merges, pad_token=END_OF_TEXT)
     raise ValueError(f"unknown model family {family!r}; expected 'bert' or 'gpt'")
+
+
+def _train_wordpiece(
+    texts: list[str], normalizer: Any, pre_tokenizer: Any, vocab_size: int, continuing: set[str]
+) -> set[str]:
+    """The vocabulary of the Rust WordPiece trainer, made independent of hash order. The trainer breaks
+    ties between pairs of equal count by token id, and numbers the "##c" continuation tokens in the
+    (per-process random) order of its word hash map; registering every "##c" up front, in codepoint
+    order, fixes those ids and so every tie-break. A spare "##c" costs one vocabulary entry."""
+    from tokenizers import Tokenizer, models, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
+    registered = BERT_SPECIALS + ["##" + c for c in sorted(continuing)]
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=registered, min_frequency=2, show_progress=False
+    )
+    tok.train_from_iterator(_batches(texts), trainer=trainer)
+    return set(tok.get_vocab())
+
+
+def continuing_characters(texts: list[str], normalizer: Any, pre_tokenizer: Any) -> set[str]:
+    """The characters that can follow another inside a word once the texts are normalised and
+    pre-tokenised (an over-approximation: never missing one the trainer meets, in practice).
+
+    Normalising 20 MB in `tokenizers` takes seconds, so each distinct raw character is normalised alone
+    and the text is scanned as code points: a raw character's normalised form continues a word when the
+    raw character before it ends one (a character the normaliser deletes counts as ending one)."""
+    import numpy as np
+
+    word_char: dict[str, bool] = {}
+
+    def is_word_char(c: str) -> bool:  # neither whitespace nor punctuation, per the pre-tokenizer itself
+        if c not in word_char:
+            word_char[c] = len(pre_tokenizer.pre_tokenize_str(f"a{c}a")) == 1
+        return word_char[c]
+
+    continuing: set[str] = set()
+    leading: dict[str, str] = {}  # raw character -> the word character its normal form starts with
+    ends_word = np.zeros(0x110000, bool)
+    follows_word = np.zeros(0x110000, bool)
+    known: set[str] = set()
+    for chunk in _chunks(texts, 1 << 20):
+        for c in set(chunk) - known:
+            known.add(c)
+            normal = normalizer.normalize_str(c)
+            flags = [is_word_char(n) for n in normal]
+            continuing.update(n for i, n in enumerate(normal) if i and flags[i] and flags[i - 1])
+            if normal and flags[0]:
+                leading[c] = normal[0]
+            ends_word[ord(c)] = not normal or flags[-1]
+        codes = np.frombuffer(chunk.encode("utf-32-le"), np.uint32)
+        follows_word[codes[1:][ends_word[codes[:-1]]]] = True
+    continuing.update(n for c, n in leading.items() if follows_word[ord(c)])
+    return continuing
+
+
+def _chunks(texts: list[str], size: int) -> Iterator[str]:
+    """Texts joined by newlines (which no word spans) into strings of about `size` characters."""
+    batch: list[str] = []
+    n = 0
+    for t in texts:
+        batch.append(t)
+        n += len(t)
+        if n >= size:
+            yield "\n".join(batch)
+            batch, n = [], 0
+    if batch:
+        yield "\n".join(batch)
 
 
 def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:

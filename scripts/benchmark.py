@@ -24,8 +24,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from pretrain.targets import IGNORE_INDEX
+
 
 def build(args: argparse.Namespace):
+    """The Hugging Face model of the family and ours loaded from it (the same weights). Over 60 lines:
+    one flat branch per family, so each reference config reads whole."""
     import transformers
 
     from pretrain import load_hf
@@ -51,6 +55,8 @@ def build(args: argparse.Namespace):
             intermediate_size=4 * args.hidden,
             max_position_embeddings=514,
             type_vocab_size=1,
+            hidden_dropout_prob=args.dropout,
+            attention_probs_dropout_prob=args.dropout,
         )
         hf = transformers.RobertaForMaskedLM(config)
     elif args.family == "modernbert":
@@ -99,7 +105,7 @@ def batch(args: argparse.Namespace, generator: torch.Generator) -> dict[str, tor
     ids = torch.randint(5, args.vocab, (args.batch, args.length), generator=generator)
     if args.family in ("gpt", "llama"):
         return {"input_ids": ids, "labels": ids}
-    labels = torch.full_like(ids, -100)
+    labels = torch.full_like(ids, IGNORE_INDEX)
     chosen = torch.rand(ids.shape, generator=generator) < 0.15
     labels[chosen] = ids[chosen]
     # full-length rows and no attention_mask, as our collators give an unpadded batch (both models get it)
@@ -163,7 +169,7 @@ def peak_step_memory(model, optimizer, b: dict[str, torch.Tensor], device: torch
     return memory.peak
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=["bert", "gpt", "roberta", "modernbert", "llama"], default="bert")
     parser.add_argument("--vocab", type=int, default=30522)
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--dropout", type=float, default=0.0, help="BERT / GPT-2 (0: as our presets pretrain)")
+    parser.add_argument("--dropout", type=float, default=0.0, help="0: as our presets pretrain")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
@@ -184,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     models = {"hf": hf.to(device).train(), "ours": ours.to(device).train()}
     optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
     generator = torch.Generator().manual_seed(0)
+    first = {k: v.to(device) for k, v in batch(args, generator).items()}
+    with torch.no_grad():  # the same weights: the same loss on the same batch, or the comparison is void
+        first_loss = {name: float(model.eval()(**first).loss) for name, model in models.items()}
+    models = {name: model.train() for name, model in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
     for step in range(args.warmup + args.steps):
         b = {k: v.to(device) for k, v in batch(args, generator).items()}
@@ -208,8 +218,18 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"  {label:12}  {ms:8.1f} ms/step  {tokens / ms * 1000:8.0f} tokens/s  peak {peak[name] / 2**20:7.1f} MiB"
         )
+    print(f"  loss on the first batch: HF {first_loss['hf']:.6f}, ours {first_loss['ours']:.6f}")
     print(f"  speed-up (HF / ours): {speedup:.2f}x (median over rounds of the per-round ratio)")
     print(f"  peak memory (ours / HF): {peak['ours'] / peak['hf']:.2f}x")
+    return {
+        "hf_ms": hf_ms,
+        "ours_ms": ours_ms,
+        "speedup": speedup,
+        "memory_ratio": peak["ours"] / peak["hf"],
+        "hf_loss": first_loss["hf"],
+        "ours_loss": first_loss["ours"],
+        "rounds": len(times["hf"]),
+    }
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def fail(message: str) -> None:
@@ -18,7 +19,8 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, every value checked (argparse's exit status 2 and message on a bad one)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a run or checkpoint directory of ours, an export, or a HF GPT-2 directory")
     parser.add_argument("prompt")
@@ -39,9 +41,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--top-p must be in (0, 1] (1 keeps every token), got {args.top_p}")
     if not args.prompt:
         parser.error("the prompt is empty; give some text to continue")
+    return args
 
-    import torch
 
+def load(model_path: str) -> tuple[Any, Any]:
+    """(causal LM, its tokenizer) from a run, checkpoint or export of ours, or a HF GPT-2 directory;
+    a model that cannot generate (BERT-style, a fine-tuned classifier) fails with the reason."""
     from pretrain import CausalLM
     from pretrain.errors import ConfigError, check_source
     from pretrain.model import SequenceClassifier, SpanQA
@@ -50,23 +55,29 @@ def main(argv: list[str] | None = None) -> None:
     from pretrain.train.checkpoints import load_pretrained, resolve_run_dir
 
     try:
-        check_source("model", args.model, "run, checkpoint or model directory")
+        check_source("model", model_path, "run, checkpoint or model directory")
     except ConfigError as e:
         fail(f"{e}")
-    src = resolve_run_dir(Path(args.model).expanduser())
+    src = resolve_run_dir(Path(model_path).expanduser())
     try:
-        found = load_pretrained(src if src.exists() else args.model)
+        found = load_pretrained(src if src.exists() else model_path)
     except (ValueError, OSError) as e:
-        fail(f"cannot load {args.model}: {e}")
+        fail(f"cannot load {model_path}: {e}")
     if not found.config.causal:
-        fail(f"{args.model} is a BERT-style (bidirectional) model; generation needs a GPT-style (causal) model")
+        fail(f"{model_path} is a BERT-style (bidirectional) model; generation needs a GPT-style (causal) model")
     if isinstance(found, (SequenceClassifier, SpanQA)):
-        fail(f"{args.model} is a fine-tuned classifier without a language-model head; use a pretrained GPT")
-    model = found if isinstance(found, CausalLM) else load_pretrained(src if src.exists() else args.model, "causal_lm")
+        fail(f"{model_path} is a fine-tuned classifier without a language-model head; use a pretrained GPT")
+    model = found if isinstance(found, CausalLM) else load_pretrained(src if src.exists() else model_path, "causal_lm")
     tokenizer_dir = saved_tokenizer_dir(str(src)) if src.exists() else None
     if src.exists() and tokenizer_dir is None:
-        fail(f"{args.model} has no tokenizer saved with it; export the run or point at its run directory")
-    tokenizer = load_tokenizer(str(tokenizer_dir) if tokenizer_dir else args.model)
+        fail(f"{model_path} has no tokenizer saved with it; export the run or point at its run directory")
+    return model, load_tokenizer(str(tokenizer_dir) if tokenizer_dir else model_path)
+
+
+def generate(model: Any, tokenizer: Any, args: argparse.Namespace) -> str:
+    """The prompt and its continuation, decoded."""
+    import torch
+
     ids = tokenizer(args.prompt, add_special_tokens=False)["input_ids"]
     if not ids:
         fail("the prompt gives no tokens; give some text to continue")
@@ -86,7 +97,13 @@ def main(argv: list[str] | None = None) -> None:
         eos_token_id=tokenizer.eos_token_id,
         generator=torch.Generator().manual_seed(args.seed),
     )
-    print(tokenizer.decode(tokens[0], skip_special_tokens=True))
+    return tokenizer.decode(tokens[0], skip_special_tokens=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    model, tokenizer = load(args.model)
+    print(generate(model, tokenizer, args))
 
 
 if __name__ == "__main__":

@@ -443,11 +443,9 @@ def test_two_processes_preparing_the_same_cache_at_once(tmp_path):
 
 
 def test_the_trained_tokenizer_does_not_depend_on_the_cache_directory(tmp_path):
-    """Byte-level BPE training is deterministic on a fixed sample. (The WordPiece trainer of `tokenizers`
-    numbers `##` pieces in hash order, which breaks merge ties differently per process: a BERT
-    tokenizer is shared through the cache instead.)"""
+    """Training is deterministic on a fixed sample (across processes: test_tokenizer_reproducible.py)."""
     corpus = str(text_corpus(tmp_path, 10))
-    for family in ("gpt",):
+    for family in ("gpt", "bert"):
         made = [
             trained_tokenizer(
                 DataConfig(format="text", paths=[corpus], vocab_size=200, cache_dir=str(tmp_path / c)), family
@@ -458,7 +456,7 @@ def test_the_trained_tokenizer_does_not_depend_on_the_cache_directory(tmp_path):
 
 
 def test_tokenizer_sample_is_bounded_and_reproducible(tmp_path):
-    from pretrain.data.corpus import sample_texts
+    from pretrain.data.sampling import sample_texts
 
     big = tmp_path / "big.txt"
     big.write_text("".join(f"line {i} of a long corpus.\n" + ("\n" if i % 7 == 0 else "") for i in range(200_000)))

@@ -324,12 +324,3 @@ def test_grouped_query_attention_returns_attention_maps_and_rotary_cache_matches
         cached = model(ids[:, :6], use_cache=True)
         step = model(ids[:, 6:], past_key_values=cached.past_key_values)
         torch.testing.assert_close(step.logits, model(ids).logits[:, 6:], rtol=0, atol=1e-5)
-
-
-@pytest.mark.parametrize("family", ["roberta", "modernbert", "llama"])
-def test_benchmark_reports_a_ratio(family, capsys):
-    from scripts import benchmark
-
-    args = "--vocab 300 --hidden 32 --heads 2 --batch 2 --length 16 --steps 2 --warmup 1".split()
-    benchmark.main(["--family", family, *args])
-    assert "speed-up (HF / ours)" in capsys.readouterr().out

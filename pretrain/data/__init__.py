@@ -4,6 +4,7 @@ any step. This package knows the tokenizer and the sequence length, nothing of t
 
     corpus.py            files / directories / globs / hub names -> documents (streamed)
     tokenizer_training   a tokenizer trained on a bounded, reproducible sample
+    sampling.py          the corpus stamp (cache key) and the seeded sample the tokenizer learns from
     shards.py            documents -> flat uint16/uint32 token arrays, unigram counts (locked, atomic cache)
     bert_pairs.py        Google's sentence-pair rules (or FULL-SENTENCES) as token ranges
     blocks.py            GPT blocks by index arithmetic

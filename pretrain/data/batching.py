@@ -48,23 +48,25 @@ class BatchPlan:
 
 
 class PlannedBatches(torch.utils.data.Sampler):
-    """Yields this process's share of global batches start, start+1, ... as (index, seed) pairs."""
+    """Yields this process's share of global batches start, start+1, ... as (index, seed, epoch) keys."""
 
     def __init__(self, plan: BatchPlan, start: int, rank: int, world_size: int, seed: int):
         self.plan, self.start, self.rank, self.world_size, self.seed = plan, start, rank, world_size, seed
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         k = self.start
         per_process = self.plan.global_batch_size // self.world_size
         while True:
             epoch, indices = self.plan.batch(k)
             mine = indices[self.rank * per_process : (self.rank + 1) * per_process]
-            yield [(i, example_seed(self.seed, epoch, i)) for i in mine]
+            yield [(i, example_seed(self.seed, epoch, i), epoch) for i in mine]
             k += 1
 
 
 class SeededExamples(torch.utils.data.Dataset):
-    """Looks up (index, seed) pairs and passes the seed on to the collator."""
+    """Looks up (index, seed[, epoch]) keys and passes the seed on to the collator. A dataset whose
+    examples are re-drawn each epoch (BERT pairs) has `for_epoch(e)`: the examples of epoch e, of the
+    same length; the others serve every epoch alike."""
 
     def __init__(self, dataset: Any):
         self.dataset = dataset
@@ -72,6 +74,7 @@ class SeededExamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        index, seed = key
-        return {**self.dataset[int(index)], "_seed": seed}
+    def __getitem__(self, key: tuple[int, ...]) -> dict[str, Any]:
+        index, seed, *epoch = key
+        examples = self.dataset.for_epoch(epoch[0]) if epoch and hasattr(self.dataset, "for_epoch") else self.dataset
+        return {**examples[int(index)], "_seed": seed}

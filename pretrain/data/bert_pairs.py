@@ -5,8 +5,17 @@ target length (shorter with `short_seq_prob`); sentences are gathered into a chu
 the target; A is a random-length head of the chunk; B is the rest of the chunk, or - half the time,
 and always when the chunk holds a single sentence - a run of sentences from another document, in
 which case the chunk's unused sentences go back to start the next chunk. The longer segment is
-trimmed at a random end until the pair fits. `data.dupe_factor` copies are drawn with different
-pairings (each copy its own random stream), so epochs over the copies do not repeat a pairing.
+trimmed at a random end until the pair fits. Every epoch draws new pairings (new targets, random
+B's, chunks and trims): epoch e of the training split holds `data.dupe_factor` copies, random streams
+e * dupe_factor ... (e + 1) * dupe_factor - 1. An epoch's pairing is built once, when first needed,
+by one process under the cache lock, and memory-mapped (it is a pure function of the shards,
+data.seed and e: exact resume needs nothing else). The held-out split keeps the pairing of epoch 0,
+so evaluations compare.
+
+The number of pairs varies a little with the draw, while the batch plan gives every epoch the size
+of epoch 0 (so a step's data position is arithmetic on the step, knowing nothing of other epochs):
+example i of epoch e is pair i * n_e // n_0 of its pairing, spread evenly over the corpus, dropping
+(or repeating) the few pairs by which the counts differ.
 
 Without NSP (`model.nsp=false`) the examples are RoBERTa's FULL-SENTENCES: whole sentences taken
 contiguously, across document boundaries (marked with [SEP]), filling `data.max_length`, with no B.
@@ -19,7 +28,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +37,7 @@ import numpy as np
 from ..config import DataConfig
 from .shards import TokenSplit, cache_entry, cache_root, key_of
 
-PAIRS_VERSION = "1"
+PAIRS_VERSION = "2"  # 2: one pairing per epoch
 NO_PAIR = -1
 
 
@@ -119,7 +128,12 @@ def full_sentences(split: TokenSplit, max_length: int) -> Iterator[tuple[int, in
         yield (start, end, end, end, NO_PAIR)
 
 
-def build_pairs(split: TokenSplit, cfg: DataConfig, nsp: bool, copies: int, out: Path) -> int:
+def pairing_seed(seed: int, stream: int) -> int:
+    """The random stream of one copy of the corpus's pairs: stream = epoch * dupe_factor + copy."""
+    return seed * 1_000_003 + stream
+
+
+def build_pairs(split: TokenSplit, cfg: DataConfig, nsp: bool, copies: int, out: Path, epoch: int = 0) -> int:
     """Writes examples to out/pairs.bin in chunks (memory stays bounded); returns their number."""
     n = 0
     with open(out / "pairs.bin", "wb") as f:
@@ -141,7 +155,7 @@ def build_pairs(split: TokenSplit, cfg: DataConfig, nsp: bool, copies: int, out:
             return n
         n_docs = split.num_documents
         for copy in range(copies):
-            rng = random.Random(cfg.seed * 1_000_003 + copy)
+            rng = random.Random(pairing_seed(cfg.seed, epoch * copies + copy))
             rows = []
             for d in range(n_docs):
                 rows.extend(
@@ -162,33 +176,49 @@ def build_pairs(split: TokenSplit, cfg: DataConfig, nsp: bool, copies: int, out:
     return n
 
 
-def prepare_pairs(cfg: DataConfig, tokens_dir: Path, name: str, nsp: bool) -> Path:
-    """The examples of split `name` of a prepared token directory, built if missing."""
+def prepare_pairs(cfg: DataConfig, tokens_dir: Path, name: str, nsp: bool, epoch: int = 0) -> Path:
+    """The examples of split `name` of a prepared token directory for `epoch`, built if missing.
+    FULL-SENTENCES (no NSP) has nothing to draw: one set serves every epoch."""
     copies = cfg.dupe_factor if name == "train" else 1
-    key = key_of(PAIRS_VERSION, tokens_dir.name, name, nsp, cfg.max_length, cfg.short_seq_prob, cfg.seed, copies)
+    epoch = epoch if nsp and name == "train" else 0
+    key = key_of(PAIRS_VERSION, tokens_dir.name, name, nsp, cfg.max_length, cfg.short_seq_prob, cfg.seed, copies, epoch)
     path = cache_root(cfg) / "bert_pairs" / key
     with cache_entry(path) as tmp:
         if tmp is not None:
-            n = build_pairs(TokenSplit.open(tokens_dir / name), cfg, nsp, copies, tmp)
-            (tmp / "meta.json").write_text(json.dumps({"examples": n, "nsp": nsp, "copies": copies}))
+            n = build_pairs(TokenSplit.open(tokens_dir / name), cfg, nsp, copies, tmp, epoch)
+            (tmp / "meta.json").write_text(json.dumps({"examples": n, "nsp": nsp, "copies": copies, "epoch": epoch}))
     return path
 
 
 class BertExamples:
-    """Indexable examples {input_ids, token_type_ids[, next_sentence_label]} read from the memory map."""
+    """Indexable examples {input_ids, token_type_ids[, next_sentence_label]} read from the memory map:
+    epoch 0's pairing; `for_epoch(e)` gives epoch e's, of the same length (see the module docstring)."""
 
-    def __init__(self, split: TokenSplit, pairs_dir: Path, cls_id: int, sep_id: int):
-        self.tokens, self.doc_ends = split.tokens, split.doc_ends
-        file = pairs_dir / "pairs.bin"
-        self.pairs = (
-            np.memmap(file, dtype=np.int64, mode="r").reshape(-1, 5)
-            if file.stat().st_size
-            else np.zeros((0, 5), np.int64)
-        )
+    def __init__(
+        self,
+        split: TokenSplit,
+        pairs_dir: Path,
+        cls_id: int,
+        sep_id: int,
+        redraw: Callable[[int], Path] | None = None,
+    ):
+        self.split, self.tokens, self.doc_ends = split, split.tokens, split.doc_ends
+        self.pairs = _open_pairs(pairs_dir)
         self.cls, self.sep = cls_id, sep_id
+        self.redraw = redraw  # epoch -> its pairs directory (built if missing); None: the same pairs every epoch
+        self._epoch: tuple[int, BertExamples] | None = None  # the last epoch asked for, kept open
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def for_epoch(self, epoch: int) -> BertExamples:
+        if epoch == 0 or self.redraw is None:
+            return self
+        if self._epoch is None or self._epoch[0] != epoch:
+            view = BertExamples(self.split, self.redraw(epoch), self.cls, self.sep)
+            view.pairs = SpreadRows(view.pairs, len(self))
+            self._epoch = (epoch, view)
+        return self._epoch[1]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         a0, a1, b0, b1, label = self.pairs[index].tolist()
@@ -206,3 +236,29 @@ class BertExamples:
 
     def rows(self) -> Iterator[dict[str, Any]]:
         return (self[i] for i in range(len(self)))
+
+
+def _open_pairs(pairs_dir: Path) -> np.ndarray:
+    file = pairs_dir / "pairs.bin"
+    return (
+        np.memmap(file, dtype=np.int64, mode="r").reshape(-1, 5) if file.stat().st_size else np.zeros((0, 5), np.int64)
+    )
+
+
+class SpreadRows:
+    """Rows of `pairs` seen as `length` rows: row i is pairs[i * n // length], evenly spread (distinct
+    rows when n >= length; every row, a few twice, when n < length). Nothing is materialised."""
+
+    def __init__(self, pairs: np.ndarray, length: int):
+        self.pairs, self.length = pairs, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        return self.pairs[index * len(self.pairs) // self.length]
+
+    def tolist(self) -> list[list[int]]:
+        return [self[i].tolist() for i in range(self.length)]

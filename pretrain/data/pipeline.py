@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,9 @@ def build_pretraining_data(cfg: DataConfig, tokenizer: Any, family: str, nsp: bo
             splits[name] = []
         elif family == "bert":
             pairs = prepare_pairs(cfg, tokens_dir, name, nsp)
-            splits[name] = BertExamples(split, pairs, tokenizer.cls_token_id, tokenizer.sep_token_id)
+            # training pairs are re-drawn each epoch; the held-out ones stay fixed
+            redraw = partial(prepare_pairs, cfg, tokens_dir, name, nsp) if name == "train" and nsp else None
+            splits[name] = BertExamples(split, pairs, tokenizer.cls_token_id, tokenizer.sep_token_id, redraw)
         else:
             splits[name] = PackedBlocks(split.tokens, cfg.max_length)
     if len(splits["train"]) == 0:

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from ..config import DataConfig
-from .corpus import corpus_bytes, corpus_stamp, cpu_count, iter_documents, split_sentences
+from .corpus import iter_documents, split_sentences
+from .sampling import corpus_bytes, corpus_stamp, cpu_count
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import DataConfig
 from ..tokenizer import load_tokenizer, train_tokenizer
-from .corpus import corpus_stamp, sample_texts
+from .sampling import corpus_stamp, sample_texts
 from .shards import cache_entry, cache_root, key_of, tokenizer_threads
 
 log = logging.getLogger(__name__)
@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 def trained_tokenizer_dir(cfg: DataConfig, family: str) -> Path:
     """Where the tokenizer for this corpus and these settings lives. The key holds the corpus's cheap
     stamp and the sample settings, never the cache location: the same corpus and settings give the
-    same tokenizer (the trainer is deterministic on a fixed sample)."""
+    same tokenizer (training is deterministic on a fixed sample, in any process)."""
     key = key_of(
-        "tokenizer-2",
+        "tokenizer-3",  # 3: WordPiece ties broken by codepoint, not hash order
         corpus_stamp(cfg),
         cfg.format,
         cfg.text_column,

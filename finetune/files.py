@@ -1,0 +1,78 @@
+"""Rows of a data file: a GLUE .tsv, a .csv, or .json / .jsonl objects, every line checked; the error
+names the file, the line and the fix. Classification, token classification and multiple choice read
+their files through it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from pretrain.errors import ConfigError, DataError
+
+
+def read_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of a GLUE .tsv, a .csv, or a .json / .jsonl file, as dicts."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"data file {file} does not exist; check data.train / data.validation")
+    suffix = file.suffix.lower()
+    text = _read_text(file)
+    if not text.strip():
+        raise DataError(f"{file} is empty; check data.train / data.validation")
+    if suffix in (".json", ".jsonl"):
+        try:
+            rows = json.loads(text)
+            rows = rows["data"] if isinstance(rows, dict) and "data" in rows else rows
+            rows = [rows] if isinstance(rows, dict) else rows  # a .jsonl file of one line
+        except json.JSONDecodeError:
+            rows = []
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(
+                        f"{file}, line {number}: not valid JSON ({e.msg}); a .json file holds one list of objects, "
+                        "a .jsonl file one object per line"
+                    ) from None
+        if not isinstance(rows, list):
+            raise DataError(f"{file}: expected a list of objects (or one object per line), got {type(rows).__name__}")
+        for number, row in enumerate(rows, start=1):
+            if not isinstance(row, dict):
+                raise DataError(f"{file}, row {number}: expected an object with named fields, got {row!r:.60}")
+        return rows
+    if suffix not in (".tsv", ".csv", ".txt"):
+        raise ConfigError(f"{file}: unknown file type {suffix!r}; use .tsv, .csv, .json or .jsonl")
+    if suffix == ".csv":
+        reader = csv.reader(io.StringIO(text, newline=""))
+    else:  # GLUE TSVs contain bare quotes: no quoting
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    lines = [row for row in reader if row]
+    if columns is None and len(lines) < 2:
+        raise DataError(f"{file} has a header line but no rows; check data.train / data.validation")
+    if columns is None:
+        header, lines = lines[0], lines[1:]
+    else:
+        header = columns
+    rows = []
+    for number, values in enumerate(lines, start=2 if columns is None else 1):
+        if len(values) != len(header):
+            raise DataError(
+                f"{file}, line {number}: {len(values)} fields where the header has {len(header)}"
+                + ("" if columns is None else " (data.columns)")
+                + "; fix the line (a .tsv separates fields by tabs)"
+            )
+        rows.append(dict(zip(header, values, strict=True)))
+    return rows
+
+
+def _read_text(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8-sig")  # utf-8-sig: MRPC files start with a BOM
+    except UnicodeDecodeError as e:
+        line = file.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{file}, line {line}: not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
