@@ -230,3 +230,22 @@ def test_cuda_training_forward_does_not_synchronise():  # pragma: no cover - CPU
         bert.transformer(ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids))
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.slow  # torch.compile takes ~20 s on 2 cores
+def test_a_compiled_run_saves_and_exports_the_model_itself(tmp_path):
+    """impl.compile=true changes speed, not what is saved: the checkpoint and the export are the plain
+    model's (no torch.compile wrapper in the class or the state-dict names) and load back."""
+    from pretrain.interop import load_hf
+    from pretrain.train.checkpoints import load_pretrained
+
+    cfg = tiny_run(tmp_path, max_steps=2, save_every=2, eval_every=2, export=True)
+    cfg.impl.compile = True
+    run_pretraining(cfg)
+    out = Path(cfg.train.output_dir)
+    saved = load_pretrained(str(out))  # the run directory: its latest checkpoint
+    exported = load_hf(str(out / "export"), head="pretraining")
+    assert type(saved).__name__ == "BertPretraining"
+    for name, value in saved.state_dict().items():
+        assert "_orig_mod" not in name
+        torch.testing.assert_close(exported.state_dict()[name], value)

@@ -111,7 +111,9 @@ def setup_model(task: Task, cfg: TrainConfig, impl: ImplConfig, accelerator: Any
     else:
         optimizer = build_optimizer(model, cfg)
         wrapped, step_optimizer = accelerator.prepare(model, optimizer)
-        run = Run(wrapped, accelerator.unwrap_model(wrapped), optimizer, step_optimizer, parallelism)
+        # task.model, not unwrap_model(wrapped): under impl.compile that would be the compiled wrapper,
+        # whose state dict and class are not the model's (saving and export need the model itself)
+        run = Run(wrapped, task.model, optimizer, step_optimizer, parallelism)
     run.skipped = run.skipped.to(accelerator.device)
     run.skipped_in_a_row = run.skipped_in_a_row.to(accelerator.device)
     if accelerator.is_main_process:
