@@ -184,7 +184,7 @@ def time_to_reach(run: Path, target: float, key: str) -> float | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=["bert", "gpt"], default="bert")
     parser.add_argument("--corpus", type=Path, required=True, help="a text file (blank line between documents)")
@@ -213,7 +213,12 @@ def main(argv: list[str] | None = None) -> dict:
     args.corpus = args.corpus.resolve()
     if args.work.exists() and any(args.work.iterdir()):
         parser.error(f"--work {args.work} is not empty; pick a new directory")
+    return args
 
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    bert = args.family == "bert"
     tokenizer, data = build_data(args)
     hf_seconds = train_reference(args, tokenizer, data)
     ours = run_ours(args, args.fraction * hf_seconds / 60)
