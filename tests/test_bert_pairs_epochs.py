@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_data import CORPUS, text_corpus
+from test_pretraining import run_killed_at_batch
 
 from pretrain.config import DataConfig, ModelConfig, PretrainConfig, TrainConfig
 from pretrain.data import BatchPlan, PlannedBatches, SeededExamples, build_pretraining_data, trained_tokenizer
@@ -153,27 +154,7 @@ def test_resume_across_an_epoch_boundary_is_exact(tmp_path, monkeypatch):
     assert {m["epoch"] for m in epoch_dirs} == {0, 1}, "epoch 1 trained on its own pairing"
 
     killed = config("killed")
-    import pretrain.train as training
-
-    real_train = training.train
-    calls = {"n": 0}
-
-    def train_then_die(task, *args, **kwargs):
-        collate = task.collate
-
-        def dying_collate(examples):
-            calls["n"] += 1
-            if calls["n"] == 5:  # step 5, in epoch 1, after the step-3 checkpoint
-                raise KeyboardInterrupt("killed")
-            return collate(examples)
-
-        task.collate = dying_collate
-        return real_train(task, *args, **kwargs)
-
-    monkeypatch.setattr("pretrain.pretraining.train", train_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run_pretraining(killed)
-    monkeypatch.setattr("pretrain.pretraining.train", real_train)
+    run_killed_at_batch(killed, 5, monkeypatch)  # step 5, in epoch 1, after the step-3 checkpoint
     assert step_dirs(killed.train.output_dir) == ["step-00000003"]
 
     killed.train.resume = "auto"

@@ -50,23 +50,18 @@ def losses(run_dir):
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt"])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, family, monkeypatch):
-    full = tiny_run(tmp_path / "full", family)
-    run_pretraining(full)
-
-    killed = tiny_run(tmp_path / "killed", family)
+def run_killed_at_batch(cfg, n: int, monkeypatch) -> None:
+    """Runs `cfg` and kills it (KeyboardInterrupt) when its n-th micro-batch is collated."""
     import pretrain.train as training
 
-    real_train = training.train
-    calls = {"n": 0}
+    real_train, calls = training.train, {"n": 0}
 
     def train_then_die(task, *args, **kwargs):
         collate = task.collate
 
         def dying_collate(examples):
             calls["n"] += 1
-            if calls["n"] == 5:  # the 5th micro-batch: step 5, after the step-3 checkpoint
+            if calls["n"] == n:
                 raise KeyboardInterrupt("killed")
             return collate(examples)
 
@@ -75,8 +70,17 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, family, monkeypatch):
 
     monkeypatch.setattr("pretrain.pretraining.train", train_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_pretraining(killed)
+        run_pretraining(cfg)
     monkeypatch.setattr("pretrain.pretraining.train", real_train)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt"])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, family, monkeypatch):
+    full = tiny_run(tmp_path / "full", family)
+    run_pretraining(full)
+
+    killed = tiny_run(tmp_path / "killed", family)
+    run_killed_at_batch(killed, 5, monkeypatch)  # the 5th micro-batch: step 5, after the step-3 checkpoint
     assert step_dirs(killed.train.output_dir) == ["step-00000003"]
 
     killed.train.resume = "auto"
