@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.data import pad_to_tensor
+from pretrain.data import pad_to_tensor, padding_mask
 from pretrain.errors import ConfigError
 from pretrain.tokenizer import load_tokenizer
 from pretrain.train import Task
@@ -99,7 +99,7 @@ def padded_inputs(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torc
     """A collator's model inputs: input_ids padded on the right with pad_id, their attention_mask, and
     token_type_ids (padded with 0) when the examples have them."""
     ids = [e["input_ids"] for e in examples]
-    batch = {"input_ids": pad_to_tensor(ids, pad_id), "attention_mask": pad_to_tensor([[1] * len(x) for x in ids], 0)}
+    batch = {"input_ids": pad_to_tensor(ids, pad_id), "attention_mask": padding_mask(ids)}
     if "token_type_ids" in examples[0]:
         batch["token_type_ids"] = pad_to_tensor([e["token_type_ids"] for e in examples], 0)
     return batch

@@ -16,7 +16,15 @@ any step. This package knows the tokenizer and the sequence length, nothing of t
 from .batching import BatchPlan, PlannedBatches, SeededExamples, example_seed
 from .bert_pairs import BertExamples, document_pairs, full_sentences
 from .blocks import PackedBlocks, pack_blocks
-from .collators import IGNORE_INDEX, CausalCollator, MLMCollator, next_token_labels, pad_to_tensor, padding_id
+from .collators import (
+    IGNORE_INDEX,
+    CausalCollator,
+    MLMCollator,
+    next_token_labels,
+    pad_to_tensor,
+    padding_id,
+    padding_mask,
+)
 from .corpus import (
     LINES_PER_PSEUDO_DOCUMENT,
     SAMPLE_CORPUS,
@@ -39,6 +47,7 @@ __all__ = [
     "CausalCollator",
     "next_token_labels",
     "padding_id",
+    "padding_mask",
     "MLMCollator",
     "PackedBlocks",
     "PlannedBatches",

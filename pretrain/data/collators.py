@@ -19,6 +19,12 @@ def pad_to_tensor(sequences: Sequence[Sequence[int]], value: int) -> torch.Tenso
     return out
 
 
+def padding_mask(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+    """The attention mask of pad_to_tensor(sequences, ...): 1 at real tokens, 0 at the right padding."""
+    lengths = torch.tensor([len(s) for s in sequences])
+    return (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long()
+
+
 class MLMCollator:
     """Pads a batch and masks it: `mlm_probability` of the non-special tokens (whole words with
     `whole_word_mask`); of those 80% become [MASK], 10% a random token, 10% stay. Labels are -100
@@ -39,7 +45,7 @@ class MLMCollator:
         input_ids = pad_to_tensor([e["input_ids"] for e in examples], self.pad_id)
         batch = {"input_ids": input_ids}
         if len({len(e["input_ids"]) for e in examples}) > 1:  # no mask without padding: the model never checks
-            batch["attention_mask"] = (pad_to_tensor([e["input_ids"] for e in examples], -1) != -1).long()
+            batch["attention_mask"] = padding_mask([e["input_ids"] for e in examples])
         if "token_type_ids" in examples[0]:
             batch["token_type_ids"] = pad_to_tensor([e["token_type_ids"] for e in examples], 0)
         if "next_sentence_label" in examples[0]:
@@ -96,6 +102,6 @@ class CausalCollator:
         input_ids = pad_to_tensor(seqs, self.pad_id)
         batch = {"input_ids": input_ids}
         if len({len(s) for s in seqs}) > 1:
-            batch["attention_mask"] = (pad_to_tensor(seqs, IGNORE_INDEX) != IGNORE_INDEX).long()
+            batch["attention_mask"] = padding_mask(seqs)
         batch["labels"] = next_token_labels(input_ids, batch.get("attention_mask"))
         return batch
