@@ -57,11 +57,9 @@ class ModelConfig(TransformerConfig):
         require(0 < self.init_std < 1, "model.init_std", self.init_std, "it must be in (0, 1)")
         if self.vocab_size is not None:
             require(self.vocab_size > 0, "model.vocab_size", self.vocab_size, "it must be > 0", "or null")
+        derived = {"causal": self.causal in (None, self.style == "gpt")}  # the rest must be unset
         for name in ("causal", "pad_token_id", "bos_token_id", "eos_token_id"):
-            if name == "causal":
-                ok = self.causal in (None, self.style == "gpt")
-            else:
-                ok = getattr(self, name) is None
+            ok = derived.get(name, getattr(self, name) is None)
             require(ok, f"model.{name}", getattr(self, name), "it follows model.family and the tokenizer", "remove it")
         config = self._structure(self.vocab_size or 8)
         if export and not self.init:
