@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from pretrain.targets import IGNORE_INDEX
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -92,7 +94,7 @@ def hf_batch(batch: dict[str, torch.Tensor], family: str) -> dict[str, torch.Ten
     keep = ("input_ids", "attention_mask", "token_type_ids", "labels") if family == "bert" else ("input_ids", "labels")
     out = {k: v for k, v in batch.items() if k in keep}
     if family == "gpt" and "attention_mask" in batch:
-        out["labels"] = out["labels"].masked_fill(batch["attention_mask"] == 0, -100)
+        out["labels"] = out["labels"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
     return out
 
 
@@ -168,10 +170,10 @@ def judge(args: argparse.Namespace, export: Path, tokenizer, data) -> float:
         if args.family == "gpt":
             logits, labels = logits[:, :-1], labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=-100, reduction="sum"
+            logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
         )
         total += loss.item()
-        count += int((labels != -100).sum())
+        count += int((labels != IGNORE_INDEX).sum())
     return total / count
 
 
