@@ -8,7 +8,9 @@ activations and softmax are left out; a multiply-add is 2 FLOPs; backward = 2 x 
   looks back);
 - the heads where they run: the GPT LM head (2 h V) at every position; the BERT MLM head (2 h^2 +
   2 h V) only at the predicted (masked) positions, as `BertPretraining` computes it; the pooler and
-  NSP head once per sequence. V is the padded vocabulary (config.padded_vocab_size), as computed.
+  NSP head once per sequence. V is the padded vocabulary (config.padded_vocab_size), as computed;
+- `BertPretraining` also runs its last block past attention (output projection 2 h^2, MLP 4 h f) only
+  at the predicted positions and each [CLS] (`last_layer_rows`).
 
 MFU divides the achieved model FLOPs per second by the device's peak. Peaks are dense (no sparsity)
 tensor-core figures from the vendors' data sheets; `train.peak_flops` overrides the table (and is
@@ -38,22 +40,29 @@ PEAK_FLOPS: dict[str, tuple[float, float]] = {
 }
 
 
-def forward_flops(config: Any, batch: int, length: int, predicted: int, with_pooler: bool) -> float:
+def forward_flops(
+    config: Any, batch: int, length: int, predicted: Any, with_pooler: bool, last_layer_rows: Any = None
+) -> float:
     """Forward FLOPs of one (batch x length) micro-batch whose vocabulary head runs at `predicted`
-    positions (all of them for a causal LM)."""
+    positions (all of them for a causal LM) and whose last block runs past attention at `last_layer_rows`
+    (None: every position)."""
     h, f, layers = config.hidden_size, config.ffn_size, config.num_layers
     v = getattr(config, "padded_vocab_size", config.vocab_size)  # the head's matmul runs over the padded rows
     tokens = batch * length
     attention = 4 * h * length * (0.5 if config.causal else 1.0)
-    trunk = tokens * layers * (8 * h * h + 4 * h * f + attention)
+    after_attention = 2 * h * h + 4 * h * f  # output projection and MLP
+    last_rows = tokens if last_layer_rows is None else last_layer_rows
+    trunk = tokens * layers * (6 * h * h + attention) + (tokens * (layers - 1) + last_rows) * after_attention
     head_per_position = 2 * h * v + (0 if config.causal else 2 * h * h)  # MLM: dense transform + decoder
     pooler = batch * (2 * h * h + 2 * h * 2) if with_pooler else 0
     return float(trunk + predicted * head_per_position + pooler)
 
 
-def training_flops(config: Any, batch: int, length: int, predicted: int, with_pooler: bool) -> float:
+def training_flops(
+    config: Any, batch: int, length: int, predicted: Any, with_pooler: bool, last_layer_rows: Any = None
+) -> float:
     """Forward + backward (twice the forward: gradients of activations and of weights)."""
-    return 3.0 * forward_flops(config, batch, length, predicted, with_pooler)
+    return 3.0 * forward_flops(config, batch, length, predicted, with_pooler, last_layer_rows)
 
 
 def device_peak_flops(device: Any, precision: str, override: float | None = None) -> float | None:
@@ -89,9 +98,11 @@ def step_flops(model: Any, micro: list[dict[str, Any]], counts: dict[str, Any], 
         return 0.0  # not one of our models, or a (batch, choices, length) input: not counted
     batch, length = micro[0]["input_ids"].shape
     n = len(micro) * world
+    with_pooler = getattr(model.transformer, "pooler", None) is not None
+    last_layer_rows = None
     if hasattr(model, "mlm_head") and "labels" in counts:
         predicted = counts["labels"]  # the masked positions, already global
+        last_layer_rows = predicted + (batch * n if with_pooler else 0)
     else:
         predicted = batch * length * n if hasattr(model, "lm_head") else 0  # a classifier has no vocabulary head
-    with_pooler = getattr(model.transformer, "pooler", None) is not None
-    return training_flops(config, batch * n, length, predicted, with_pooler)
+    return training_flops(config, batch * n, length, predicted, with_pooler, last_layer_rows)

@@ -4,7 +4,9 @@
     python scripts/benchmark.py --family gpt --hidden 256 --layers 4 --heads 4
     python scripts/benchmark.py --family llama --heads 4   # also roberta, modernbert (MLM, no NSP)
 
-Both models get the same weights (imported with load_hf) and the same batches. Each round runs one
+Both models get the same weights (imported with load_hf), the same batches (ours also gets the masked
+positions that our MLM collator finds on the host) and torch's fused AdamW (the default of both our
+trainer and transformers' Trainer since torch 2.8). Each round runs one
 training step of each, the order alternating between rounds, so machine noise hits both alike; the
 speed-up is the median over rounds of HF's step time / ours (> 1: we are faster). Peak memory is one
 more training step of each after the timed ones: on CUDA the allocator's peak above what was allocated
@@ -24,7 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from pretrain.targets import IGNORE_INDEX
+from pretrain.targets import IGNORE_INDEX, labelled_positions
 
 
 def build(args: argparse.Namespace):
@@ -99,6 +101,15 @@ def build(args: argparse.Namespace):
         hf = transformers.GPT2LMHeadModel(config)
     hf.config._attn_implementation = "sdpa"
     return hf, load_hf(hf)
+
+
+def batches(args: argparse.Namespace, generator: torch.Generator, device: torch.device) -> dict[str, dict]:
+    """One batch for each model: ours also gets the masked positions our MLM collator sends."""
+    hf = {k: v.to(device) for k, v in batch(args, generator).items()}
+    ours = dict(hf)
+    if args.family not in ("gpt", "llama"):
+        ours["mlm_positions"] = labelled_positions(hf["labels"].cpu()).to(device)
+    return {"hf": hf, "ours": ours}
 
 
 def batch(args: argparse.Namespace, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -188,25 +199,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     device = torch.device(args.device)
     hf, ours = build(args)
     models = {"hf": hf.to(device).train(), "ours": ours.to(device).train()}
-    optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+    optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True) for k, m in models.items()}
     generator = torch.Generator().manual_seed(0)
-    first = {k: v.to(device) for k, v in batch(args, generator).items()}
+    first = batches(args, generator, device)
     with torch.no_grad():  # the same weights: the same loss on the same batch, or the comparison is void
-        first_loss = {name: float(model.eval()(**first).loss) for name, model in models.items()}
+        first_loss = {name: float(model.eval()(**first[name]).loss) for name, model in models.items()}
     models = {name: model.train() for name, model in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
     for step in range(args.warmup + args.steps):
-        b = {k: v.to(device) for k, v in batch(args, generator).items()}
+        b = batches(args, generator, device)
         order = list(models) if step % 2 == 0 else list(reversed(models))
         for name in order:
             start = time.perf_counter()
-            train_step(models[name], optimizers[name], b)
+            train_step(models[name], optimizers[name], b[name])
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if step >= args.warmup:
                 times[name].append(time.perf_counter() - start)
-    b = {k: v.to(device) for k, v in batch(args, generator).items()}
-    peak = {name: peak_step_memory(models[name], optimizers[name], b, device) for name in models}
+    b = batches(args, generator, device)
+    peak = {name: peak_step_memory(models[name], optimizers[name], b[name], device) for name in models}
     hf_ms, ours_ms = (1000 * statistics.median(times[k]) for k in ("hf", "ours"))
     speedup = statistics.median(h / o for h, o in zip(times["hf"], times["ours"], strict=True))
     tokens = args.batch * args.length

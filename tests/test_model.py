@@ -91,6 +91,36 @@ def test_mlm_head_runs_only_on_labelled_positions():
     torch.testing.assert_close(out.loss, expected)
 
 
+VARIANTS = [{}, {"norm_placement": "pre"}, {"position_embedding": "rotary", "local_attention": 4}]
+
+
+@pytest.mark.parametrize("config", VARIANTS)
+def test_sparse_prediction_gives_the_full_computations_loss_and_gradients(config):
+    """With labels, only the labelled rows (and each [CLS], for the pooler) go past the last block's
+    attention. The loss and every gradient equal the whole computation's: MLM cross-entropy over the
+    logits of every position plus NSP, post-LN and pre-LN, local and rotary layers, positions given (as
+    the collator sends them) or found from the labels."""
+    from pretrain.targets import labelled_positions
+
+    torch.manual_seed(0)
+    model = BertPretraining(tiny_config(dropout=0.0, attention_dropout=0.0, **config))
+    ids, mask = padded_batch()
+    labels = torch.full_like(ids, -100)
+    labels[0, [2, 9]], labels[1, 5], labels[2, 1] = ids[0, [2, 9]], 8, 9
+    nsp = torch.tensor([0, 1, 1])
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    full = model(ids, attention_mask=mask, next_sentence_label=nsp)  # no labels: every position predicted
+    mlm = torch.nn.functional.cross_entropy(full.prediction_logits.reshape(-1, 101), labels.reshape(-1))
+    expected = torch.autograd.grad(mlm + full.loss, params)
+    for positions in (labelled_positions(labels), None):
+        out = model(ids, attention_mask=mask, labels=labels, next_sentence_label=nsp, mlm_positions=positions)
+        assert out.prediction_logits.shape == (4, 101)
+        torch.testing.assert_close(out.loss, mlm + full.loss)
+        for got, want in zip(torch.autograd.grad(out.loss, params), expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_tiny_model_overfits_one_batch(causal):
     torch.manual_seed(0)

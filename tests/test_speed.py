@@ -13,6 +13,7 @@ from pretrain.config import ConfigError, TrainConfig
 from pretrain.flops import device_peak_flops, forward_flops, training_flops
 from pretrain.model import BertPretraining, CausalLM
 from pretrain.pretraining import run_pretraining
+from pretrain.targets import labelled_positions
 
 
 def test_schedule_warms_up_then_decays_to_the_floor_at_the_end_of_the_budget():
@@ -84,11 +85,14 @@ def test_flops_count_what_the_models_compute():
     with FlopCounterMode(display=False) as counter:
         out = model(ids, labels=labels, next_sentence_label=torch.zeros(3, dtype=torch.long))
     attention = config.num_layers * 48 * 4 * config.hidden_size * 16
-    assert _matmul_flops(counter) == forward_flops(config, 3, 16, predicted=12, with_pooler=True) - attention
+    # the last block past attention: the 12 predicted rows and the 3 [CLS]
+    expected = forward_flops(config, 3, 16, predicted=12, with_pooler=True, last_layer_rows=15) - attention
+    assert _matmul_flops(counter) == expected
     with FlopCounterMode(display=False) as counter:
         out.loss.backward()
-    assert _matmul_flops(counter) == 2 * (forward_flops(config, 3, 16, 12, True) - attention)
-    assert training_flops(config, 3, 16, 12, True) == 3 * forward_flops(config, 3, 16, 12, True)
+    assert _matmul_flops(counter) == 2 * expected
+    assert training_flops(config, 3, 16, 12, True, 15) == 3 * forward_flops(config, 3, 16, 12, True, 15)
+    assert forward_flops(config, 3, 16, 12, True, 15) < forward_flops(config, 3, 16, 12, True)
 
     causal = tiny_config(causal=True)
     with FlopCounterMode(display=False) as counter, torch.no_grad():  # the whole-logits path: forward only
@@ -195,8 +199,8 @@ def _count_host_reads(run) -> list[str]:
 @pytest.mark.parametrize("padded", [False, True])
 def test_training_forward_never_reads_tensor_values_on_the_host(padded):
     """The trunk of both families and GPT's whole training step (loss included) decide everything from
-    shapes: no attention_mask.all(), no id range checks, no boolean indexing. Padded or not. BERT's step
-    reads only where its MLM head selects the labelled positions."""
+    shapes: no attention_mask.all(), no id range checks, no boolean indexing. Padded or not. BERT's
+    whole step too, given the labelled positions as the MLM collator sends them (found on the host)."""
     ids = torch.randint(5, 101, (3, 12))
     mask = torch.ones_like(ids)
     mask[1, 8:] = 0
@@ -209,12 +213,14 @@ def test_training_forward_never_reads_tensor_values_on_the_host(padded):
     labels = torch.full_like(ids, -100)
     labels[:, ::3] = ids[:, ::3]
 
-    def bert_step():
+    def bert_step(**positions):
         nsp = labels[:, 0] % 2
-        bert(ids, token_type_ids=segments, labels=labels, next_sentence_label=nsp, **extra).loss.backward()
+        bert(ids, token_type_ids=segments, labels=labels, next_sentence_label=nsp, **extra, **positions).loss.backward()
 
-    # the one exception: sparse MLM prediction reads the labelled positions (h[labels != -100] and its gradient)
-    assert set(_count_host_reads(bert_step)) == {"aten.index.Tensor", "aten.index_put.default"}
+    positions = labelled_positions(labels)  # the collator's work, on the host
+    assert _count_host_reads(lambda: bert_step(mlm_positions=positions)) == []
+    # without them the model finds the labelled positions itself: one data-dependent shape
+    assert _count_host_reads(bert_step) == ["aten.nonzero.default"]
     assert _count_host_reads(lambda: bert.eval().transformer(ids, **extra)) != []  # outside training: id checks
 
 

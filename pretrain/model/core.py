@@ -134,7 +134,10 @@ class SelfAttention(nn.Module):
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
         need_weights: bool = False,
         rope: RotaryTables | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+        """`rows` (flat indices into batch x length): the output projection runs at these rows only,
+        giving (len(rows), hidden); attention itself still runs at every position."""
         batch, length, hidden = x.shape
         groups = self.num_heads // self.kv_heads
         qkv = self.qkv(x).view(batch, length, groups + 2, self.kv_heads, self.head_dim)
@@ -166,7 +169,7 @@ class SelfAttention(nn.Module):
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=groups > 1
             )
         y = y.transpose(1, 2).reshape(batch, length, hidden)
-        return self.proj(y), cache, probs
+        return self.proj(take_rows(y, rows)), cache, probs
 
 
 class MLP(nn.Module):
@@ -200,16 +203,23 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, mask, is_causal, past=None, need_weights=False, rope=None):
+    def forward(self, x, mask, is_causal, past=None, need_weights=False, rope=None, rows=None):
+        """`rows` (flat indices into batch x length): only these positions' outputs, (len(rows), hidden).
+        Attention needs every position's keys and values; everything after it is per position."""
         if self.pre_norm:  # GPT-2: x + f(LN(x))
-            a, kv, probs = self.attn(self.attn_norm(x), mask, is_causal, past, need_weights, rope)
-            x = x + self.dropout(a)
+            a, kv, probs = self.attn(self.attn_norm(x), mask, is_causal, past, need_weights, rope, rows)
+            x = take_rows(x, rows) + self.dropout(a)
             x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         else:  # BERT / original Transformer: LN(x + f(x))
-            a, kv, probs = self.attn(x, mask, is_causal, past, need_weights, rope)
-            x = self.attn_norm(x + self.dropout(a))
+            a, kv, probs = self.attn(x, mask, is_causal, past, need_weights, rope, rows)
+            x = self.attn_norm(take_rows(x, rows) + self.dropout(a))
             x = self.mlp_norm(x + self.dropout(self.mlp(x)))
         return x, kv, probs
+
+
+def take_rows(x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """(batch, length, hidden) -> (len(rows), hidden) at flat positions `rows`; x itself when rows is None."""
+    return x if rows is None else x.reshape(-1, x.size(-1)).index_select(0, rows)
 
 
 def _causal_bool(query_len: int, key_len: int, device: torch.device) -> torch.Tensor:
@@ -249,7 +259,12 @@ class Transformer(nn.Module):
         use_cache: bool = False,
         output_attentions: bool = False,
         position_ids: torch.Tensor | None = None,
+        output_positions: torch.Tensor | None = None,
     ) -> ModelOutput:
+        """`output_positions` (flat indices into batch x length, e.g. BERT's masked positions): the last
+        block runs attention everywhere but its output projection, MLP and norms only at these rows, and
+        `last_hidden_state` is (len(output_positions), hidden). The pooler still reads each [CLS]. Exact:
+        nothing after attention mixes positions, so those rows equal the full computation's."""
         self._check_inputs(input_ids, token_type_ids, past_key_values)
         batch, length = input_ids.shape
         cfg = self.config
@@ -270,21 +285,28 @@ class Transformer(nn.Module):
         if cfg.local_attention:
             local_mask = self._local_mask(attention_mask, length, x.device)
 
+        rows = output_positions
+        if rows is not None and self.pooler is not None:  # each row's first position ([CLS]) first, for the pooler
+            rows = torch.cat([torch.arange(batch, device=x.device) * length, rows])
         new_cache: KVCache = []
         attentions = []
         for i, block in enumerate(self.blocks):
             past = past_key_values[i] if past_key_values else None
+            last_rows = rows if i == len(self.blocks) - 1 else None
             if block.local:
-                x, kv, probs = block(x, local_mask, False, past, output_attentions, local_rope)
+                x, kv, probs = block(x, local_mask, False, past, output_attentions, local_rope, last_rows)
             else:
-                x, kv, probs = block(x, mask, is_causal, past, output_attentions, rope)
+                x, kv, probs = block(x, mask, is_causal, past, output_attentions, rope, last_rows)
             if use_cache:
                 new_cache.append(kv)
             if output_attentions:
                 attentions.append(probs)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
+        first = x[:, 0] if rows is None else x[:batch]
+        pooled = torch.tanh(self.pooler(first)) if self.pooler is not None else None
+        if rows is not None and self.pooler is not None:
+            x = x[batch:]
         return ModelOutput(
             last_hidden_state=x,
             pooler_output=pooled,
