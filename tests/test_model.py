@@ -84,9 +84,10 @@ def test_mlm_head_runs_only_on_labelled_positions():
     ids, mask = padded_batch()
     labels = torch.full_like(ids, -100)
     labels[0, 2], labels[1, 5], labels[2, 1] = 7, 8, 9
-    out = model(ids, attention_mask=mask, labels=labels)
+    with torch.no_grad():  # training computes the loss chunk by chunk and returns no logits
+        out = model(ids, attention_mask=mask, labels=labels)
+        full = model(ids, attention_mask=mask).prediction_logits
     assert out.prediction_logits.shape == (3, 101)
-    full = model(ids, attention_mask=mask).prediction_logits
     expected = torch.nn.functional.cross_entropy(full.reshape(-1, 101), labels.reshape(-1), ignore_index=-100)
     torch.testing.assert_close(out.loss, expected)
 
@@ -115,7 +116,7 @@ def test_sparse_prediction_gives_the_full_computations_loss_and_gradients(config
     expected = torch.autograd.grad(mlm + full.loss, params)
     for positions in (labelled_positions(labels), None):
         out = model(ids, attention_mask=mask, labels=labels, next_sentence_label=nsp, mlm_positions=positions)
-        assert out.prediction_logits.shape == (4, 101)
+        assert out.prediction_logits is None  # the decoder ran a chunk at a time
         torch.testing.assert_close(out.loss, mlm + full.loss)
         for got, want in zip(torch.autograd.grad(out.loss, params), expected, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

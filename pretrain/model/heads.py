@@ -11,7 +11,7 @@ from ..targets import labelled_positions
 from .config import TransformerConfig
 from .core import ACTIVATIONS, KVCache, ModelOutput, Transformer, init_weights, make_norm, zero_padded_vocab_rows
 from .generation import generate
-from .losses import LossTerm, ce_term, chunked_lm_loss_term, lm_loss_term, mean_loss
+from .losses import LossTerm, ce_term, chunked_lm_loss_term, linear_ce_term, lm_loss_term, mean_loss
 
 
 def true_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -47,8 +47,11 @@ class MLMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.vocab_size = config.vocab_size
 
+    def transform(self, h: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.dense(h)))
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return true_vocab(self.decoder(self.norm(self.act(self.dense(h)))), self.vocab_size) + self.bias
+        return true_vocab(self.decoder(self.transform(h)), self.vocab_size) + self.bias
 
 
 class PretrainedModel(nn.Module):
@@ -86,7 +89,8 @@ class BertPretraining(PretrainedModel):
 
     With MLM `labels` given, only the labelled positions are predicted: the MLM head, and everything in
     the last block after its attention, run at those rows (and [CLS] for the pooler). At ~15% of tokens
-    that saves most of the head's compute and memory and most of a layer's. The positions are
+    that saves most of the head's compute and memory and most of a layer's; in training the decoder and
+    its loss run a chunk at a time (no logits returned). The positions are
     `mlm_positions` (flat indices into batch x length, in order, as the MLM collator computes them on the
     host), or, without it, found from `labels` (which makes an accelerator wait for the device)."""
 
@@ -120,8 +124,16 @@ class BertPretraining(PretrainedModel):
             output_attentions=output_attentions,
             output_positions=mlm_positions if labels is not None else None,
         )
-        out.prediction_logits = self.mlm_head(out.last_hidden_state)  # (N, V) at the N labelled positions
-        if labels is not None:
+        h, head = out.last_hidden_state, self.mlm_head
+        if labels is None:
+            out.prediction_logits = head(h)
+        elif torch.is_grad_enabled():  # training: the decoder and its loss a chunk at a time, as CausalLM's
+            targets = labels.reshape(-1).index_select(0, mlm_positions)
+            weight, vocab = head.decoder.weight, head.vocab_size
+            out.loss_terms["mlm"] = linear_ce_term(head.transform(h), weight, targets, head.bias, vocab)
+            # out.prediction_logits stays None; call under torch.no_grad() to get them
+        else:
+            out.prediction_logits = head(h)  # (N, V) at the N labelled positions
             out.loss_terms["mlm"] = ce_term(out.prediction_logits, labels.reshape(-1).index_select(0, mlm_positions))
         if self.nsp_head is not None:
             out.seq_relationship_logits = self.nsp_head(out.pooler_output)

@@ -43,6 +43,25 @@ def lm_loss_term(logits: torch.Tensor, labels: torch.Tensor, targets: str = "lab
     return ce_term(logits.reshape(-1, logits.size(-1)), shifted.reshape(-1), targets)
 
 
+def linear_ce_term(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    vocab_size: int | None = None,
+    chunk_elements: int = 2**25,
+    key: str = "labels",
+) -> LossTerm:
+    """ce_term(hidden @ weight.T + bias, targets) for (N, hidden) rows without the whole (N x vocab)
+    logits: `chunk_elements` logits at a time (2**25: 128 MB of fp32 logits, a few chunks for GPT-2's
+    vocabulary). `weight` may have padded rows past `vocab_size` (config.padded_vocab_size): their logits
+    are masked out, so the loss is the true vocabulary's; `bias`, if any, has the true vocabulary's size."""
+    rows = max(1, chunk_elements // weight.size(0))
+    vocab_size = weight.size(0) if vocab_size is None else vocab_size
+    total = _LinearCrossEntropy.apply(hidden, weight, bias, targets, rows, vocab_size)
+    return LossTerm(total, (targets != IGNORE_INDEX).sum(), key)
+
+
 def chunked_lm_loss_term(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -50,18 +69,14 @@ def chunked_lm_loss_term(
     chunk_elements: int = 2**25,
     vocab_size: int | None = None,
 ) -> LossTerm:
-    """lm_loss_term(hidden @ weight.T, labels) without the whole logits: `chunk_elements` logits at a time
-    (2**25: 128 MB of fp32 logits, a few chunks for GPT-2's vocabulary). `weight` may have padded rows past
-    `vocab_size` (config.padded_vocab_size): their logits are masked out, so the loss is the true vocabulary's."""
+    """lm_loss_term(hidden @ weight.T, labels) through linear_ce_term: the logits exist a chunk at a time."""
     shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
-    rows = max(1, chunk_elements // weight.size(0))
-    vocab_size = weight.size(0) if vocab_size is None else vocab_size
-    total = _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.size(-1)), weight, shifted, rows, vocab_size)
-    return LossTerm(total, (shifted != IGNORE_INDEX).sum(), "labels")
+    flat = hidden.reshape(-1, hidden.size(-1))
+    return linear_ce_term(flat, weight, shifted, vocab_size=vocab_size, chunk_elements=chunk_elements)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of (hidden @ weight.T) against targets, `rows` at a time. The gradients
+    """Summed cross-entropy of (hidden @ weight.T + bias) against targets, `rows` at a time. The gradients
     are computed in the forward pass, chunk by chunk (the loss is a sum, so backward only scales
     them by the incoming gradient): the logits and their gradient exist for one chunk at a time and
     nothing of size vocab is kept for backward. The softmax is built in place of the logits (max,
@@ -70,15 +85,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int, vocab_size: int
+        ctx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        rows: int,
+        vocab_size: int,
     ) -> torch.Tensor:
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_bias = bias is not None and ctx.needs_input_grad[2]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.size(0), rows):
             h, y = hidden[start : start + rows], targets[start : start + rows]
             logits = (h @ weight.t()).float()
+            if bias is not None:
+                logits[:, :vocab_size] += bias
             if vocab_size < logits.size(1):  # padded vocabulary rows: never predicted, no gradient
                 logits[:, vocab_size:] = float("-inf")
             valid = (y != IGNORE_INDEX).float()
@@ -88,9 +113,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             probs = logits.sub_(top).exp_()  # exp(logits - max), in place of the logits
             norm = probs.sum(dim=-1)
             total += ((norm.log() + top.squeeze(1) - target_logit) * valid).sum()
-            if need_hidden or need_weight:
+            if need_hidden or need_weight or need_bias:
                 grad = probs.mul_((valid / norm)[:, None])  # softmax; rows of ignored targets become 0
                 grad.scatter_add_(1, index, -valid[:, None])  # minus the one-hot target
+                if need_bias:
+                    grad_bias += grad[:, :vocab_size].sum(dim=0)
                 grad = grad.to(weight.dtype)
                 if need_hidden:
                     grad_hidden[start : start + rows] = grad @ weight
@@ -99,17 +126,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 elif need_weight:
                     grad_weight += grad.t() @ h.to(grad.dtype)
         ctx.save_for_backward(
-            grad_hidden if need_hidden else None, grad_weight.to(weight.dtype) if need_weight else None
+            grad_hidden if need_hidden else None,
+            grad_weight.to(weight.dtype) if need_weight else None,
+            grad_bias.to(bias.dtype) if need_bias else None,
         )
         return total
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return (
-            grad_hidden * grad_total if grad_hidden is not None else None,
-            grad_weight * grad_total if grad_weight is not None else None,
-            None,
-            None,
-            None,
-        )
+        grads = [g * grad_total if g is not None else None for g in ctx.saved_tensors]
+        return (*grads, None, None, None)
