@@ -81,12 +81,16 @@ def device_peak_flops(device: Any, precision: str, override: float | None = None
     return None
 
 
-def throughput(tokens: Any, flops: Any, seconds: float, peak: float | None) -> dict[str, float]:
-    """The training log's speed figures: tokens/s, and MFU when the device's peak is known. `tokens` and
-    `flops` may be device tensors accumulated over the window: read here, once per log line."""
-    values = {"tokens_per_s": float(tokens) / seconds if seconds > 0 else 0.0}
+def throughput(tokens: Any, real_tokens: Any, flops: Any, seconds: float, peak: float | None) -> dict[str, float]:
+    """The training log's speed figures: `tokens_per_s`, the positions the model computed (padding included:
+    what the FLOPs count and what scripts/benchmark.py reports), `real_tokens_per_s`, the corpus tokens among
+    them, and MFU when the device's peak is known. The counts may be device tensors accumulated over the
+    window: read here, once per log line."""
+    if seconds <= 0:
+        return {"tokens_per_s": 0.0, "real_tokens_per_s": 0.0, **({"mfu": 0.0} if peak else {})}
+    values = {"tokens_per_s": float(tokens) / seconds, "real_tokens_per_s": float(real_tokens) / seconds}
     if peak:
-        values["mfu"] = float(flops) / seconds / peak if seconds > 0 else 0.0
+        values["mfu"] = float(flops) / seconds / peak
     return values
 
 

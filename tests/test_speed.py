@@ -67,6 +67,24 @@ def test_a_spent_budget_stops_training_and_the_resumed_run_keeps_its_clock(tmp_p
     assert _trainer_state(out)["step"] == last_step
 
 
+def test_logged_tokens_per_s_counts_the_positions_computed_and_the_real_tokens_apart():
+    """tokens_per_s counts every position the model ran (padding included), as scripts/benchmark.py and
+    the FLOPs do; real_tokens_per_s the corpus tokens among them; both summed over processes."""
+    from pretrain.train.metrics import Progress
+
+    progress = Progress(TrainConfig(max_steps=10), step=0, main=False)
+    mask = torch.tensor([[1] * 8, [1] * 3 + [0] * 5])
+    padded = {"input_ids": torch.zeros(2, 8, dtype=torch.long), "attention_mask": mask}
+    full = {"input_ids": torch.zeros(4, 8, dtype=torch.long)}
+    progress.count([padded, full], flops=0.0)
+    clock = TrainClock(None)
+    progress.window_start -= 2.0  # two seconds of training in this window
+    values = progress.throughput(world=2, clock=clock)
+    assert values["tokens_per_s"] == pytest.approx(2 * (16 + 32) / 2.0, rel=1e-3)
+    assert values["real_tokens_per_s"] == pytest.approx(2 * (11 + 32) / 2.0, rel=1e-3)
+    assert "mfu" not in values  # no peak known on a CPU without train.peak_flops
+
+
 def _matmul_flops(counter) -> int:
     """The counter's FLOPs without attention (a fused kernel or, for a causal mask on CPU, bmm's over the
     full square): counted per backend, so the test checks the rest exactly and attention by formula."""

@@ -36,20 +36,24 @@ class Progress:
             mininterval=0.5 if sys.stderr.isatty() else 30,
         )  # a log file gets a line every 30 s
         self.peak_flops = peak_flops
-        self.tokens: Any = 0
+        self.tokens: Any = 0  # positions the model computed, padding included (what the FLOPs count)
+        self.real_tokens: Any = 0  # of which not padding
         self.flops: Any = 0.0
         self.window_start, self.window_paused = time.perf_counter(), 0.0
 
     def count(self, micro: list[dict[str, torch.Tensor]], flops: Any) -> None:
         for batch in micro:  # a tensor sum, read only when logging: no device sync per micro-batch
-            self.tokens += batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+            positions = batch["input_ids"].numel()
+            self.tokens += positions
+            self.real_tokens += batch["attention_mask"].sum() if "attention_mask" in batch else positions
         self.flops += flops
 
     def throughput(self, world: int, clock: TrainClock) -> dict[str, float]:
         """Read and reset at each logged step."""
         seconds = time.perf_counter() - self.window_start - (clock.paused_s - self.window_paused)
-        values = throughput(float(self.tokens) * world, self.flops, seconds, self.peak_flops)
-        self.tokens, self.flops = 0, 0.0
+        tokens, real_tokens = float(self.tokens) * world, float(self.real_tokens) * world
+        values = throughput(tokens, real_tokens, self.flops, seconds, self.peak_flops)
+        self.tokens, self.real_tokens, self.flops = 0, 0, 0.0
         self.window_start, self.window_paused = time.perf_counter(), clock.paused_s
         return values
 
