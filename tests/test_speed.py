@@ -294,3 +294,31 @@ def test_a_compiled_run_saves_and_exports_the_model_itself(tmp_path):
         assert "_orig_mod" not in name
         torch.testing.assert_close(exported.state_dict()[name], value)
 
+
+FREE_AND_MEASURE = """
+import sys, torch
+from pretrain.train.host import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+def resident_kb():
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1])
+block = torch.ones(64 * 2**20 // 4)  # 64 MB, above glibc's largest mmap threshold
+before = resident_kb()
+del block
+print(before - resident_kb())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux")
+def test_on_a_cpu_freed_blocks_stay_in_the_process_for_the_next_step():
+    """By default glibc gives a freed 64 MB block back to the system (the next step page-faults it in
+    again); after keep_freed_memory() (what make_accelerator does on a CPU) the process keeps it."""
+    import subprocess
+    import sys
+
+    def released_kb(mode: str) -> int:
+        run = subprocess.run([sys.executable, "-c", FREE_AND_MEASURE, mode], capture_output=True, text=True, check=True)
+        return int(run.stdout.split()[-1])
+
+    assert released_kb("default") > 50 * 1024
+    assert released_kb("keep") < 8 * 1024

@@ -7,6 +7,7 @@
     optim.py        AdamW and the learning-rate schedule (a pure function of step and settings)
     metrics.py      progress, throughput and MFU, metrics.jsonl / TensorBoard / W&B, the loss curve
     signals.py      SIGTERM / SIGUSR1: save at the step boundary and exit 0
+    host.py         the CPU's memory allocator: freed blocks reused, not page-faulted in again
 
 It takes the model through the Task it is given (and the LossTerm its forward returns) and the data only
 for the batch plan."""

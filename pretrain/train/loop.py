@@ -35,6 +35,7 @@ from .checkpoints import (
     save_model_dir,
     write_durably,
 )
+from .host import keep_freed_memory
 from .metrics import MetricsLog, Progress, plot_losses
 from .optim import build_optimizer, learning_rate, log_schedule_change, schedule_settings, set_learning_rate
 from .resume import check_global_batch, choose_checkpoint, load_checkpoint, prepare_output_dir
@@ -60,6 +61,8 @@ def make_accelerator(cfg: TrainConfig, impl: ImplConfig) -> Any:
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=impl.cpu or not torch.cuda.is_available(), mixed_precision=impl.precision)
+    if accelerator.device.type == "cpu":
+        keep_freed_memory()  # the step's large tensors reuse freed memory instead of page-faulting it in
     agree_on_output_dir(cfg, accelerator)
     return accelerator
 
