@@ -143,6 +143,9 @@ class DataConfig:
     short_seq_prob: float = 0.1  # BERT: fraction of shorter examples
     mlm_probability: float = 0.15
     whole_word_mask: bool = False
+    # BERT: batches of similar-length examples (each run of 50 batches sorted by length, then shuffled), so
+    # little padding is computed; short documents make short examples (Hugging Face's group_by_length)
+    group_by_length: bool = True
     validation_fraction: float = 0.05  # of documents, held out
     max_documents: int | None = None  # use only the first N documents (quick experiments)
     num_proc: int | None = None  # speed only; None: all cores

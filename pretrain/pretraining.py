@@ -168,5 +168,6 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
         metrics["unigram_baseline"] = data.unigram_entropy
         return metrics
 
-    task = Task(model=model, train_data=data.train, collate=collate, evaluate=evaluate, tokenizer=tokenizer)
+    lengths = getattr(data.train, "epoch_lengths", None) if cfg.data.group_by_length else None
+    task = Task(model, data.train, collate, evaluate, tokenizer=tokenizer, lengths=lengths)
     return train(task, cfg.train, cfg.seed, run_config=to_dict(cfg), accelerator=accelerator, impl=cfg.impl)

@@ -203,3 +203,37 @@ def test_two_processes_cross_an_epoch_like_one(tmp_path):
     assert one.keys() == two.keys() and len(one) == 6
     for step in one:
         assert abs(one[step] - two[step]) < 1e-4, (step, one[step], two[step])
+
+
+def test_length_grouped_batches_pad_little_and_keep_each_epoch_a_permutation(tmp_path, bert_tokenizer):
+    """data.group_by_length: each run of 50 batches sorted by example length, then the batches shuffled.
+    The lengths are the examples' own (epoch 0 and a re-drawn epoch), an epoch holds the same examples as
+    without grouping, the plan is a pure function of its seed (resume), and far less padding is computed."""
+    from pretrain.data.batching import BATCHES_PER_LENGTH_GROUP
+
+    _, data = bert_data(tmp_path, bert_tokenizer, short_seq_prob=0.5)  # many short examples
+    for epoch in (0, 1):
+        view = data.train.for_epoch(epoch)
+        assert data.train.epoch_lengths(epoch).tolist() == [len(view[i]["input_ids"]) for i in range(len(view))]
+
+    batch = 4
+    plain = BatchPlan(len(data.train), batch, seed=3)
+    grouped = BatchPlan(len(data.train), batch, seed=3, lengths=data.train.epoch_lengths)
+    assert plain.batches_per_epoch == grouped.batches_per_epoch > BATCHES_PER_LENGTH_GROUP
+
+    def epoch_batches(plan, epoch):
+        return [plan.batch(epoch * plan.batches_per_epoch + k)[1] for k in range(plan.batches_per_epoch)]
+
+    def padding(plan, epoch):
+        lengths = data.train.epoch_lengths(epoch)
+        return sum(batch * lengths[b].max() - lengths[b].sum() for b in epoch_batches(plan, epoch))
+
+    for epoch in (0, 1):
+        ours = epoch_batches(grouped, epoch)
+        assert sorted(sum(ours, [])) == sorted(sum(epoch_batches(plain, epoch), []))
+        assert padding(grouped, epoch) < 0.2 * padding(plain, epoch)
+        longest = [data.train.epoch_lengths(epoch)[b].max() for b in ours[:BATCHES_PER_LENGTH_GROUP]]
+        assert longest != sorted(longest) and longest != sorted(longest, reverse=True)  # batches shuffled
+    again = BatchPlan(len(data.train), batch, seed=3, lengths=data.train.epoch_lengths)
+    assert epoch_batches(again, 1) == epoch_batches(grouped, 1)
+    assert epoch_batches(BatchPlan(len(data.train), batch, 4, lengths=data.train.epoch_lengths), 1) != ours

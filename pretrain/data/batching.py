@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -15,11 +15,36 @@ def example_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 2_147_483_647 + index) % (1 << 62)
 
 
+BATCHES_PER_LENGTH_GROUP = 50  # as Hugging Face's LengthGroupedSampler: sorted within 50 batches, not the epoch
+
+
+def group_by_length(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """`order` (a permutation) with each run of BATCHES_PER_LENGTH_GROUP batches sorted by example length,
+    cut into batches and those batches shuffled: a batch holds examples of similar length, so the collator
+    pads it little, while which examples share a group stays random. The incomplete tail is left as it is."""
+    out = order.copy()
+    usable = len(order) // batch_size * batch_size
+    size = batch_size * BATCHES_PER_LENGTH_GROUP
+    for start in range(0, usable, size):
+        group = order[start : min(start + size, usable)]
+        batches = group[np.argsort(lengths[group], kind="stable")].reshape(-1, batch_size)
+        out[start : start + len(group)] = batches[rng.permutation(len(batches))].reshape(-1)
+    return out
+
+
 class BatchPlan:
     """Which examples make up global batch k, for any k, with no iteration: epoch e is a permutation
-    seeded by (seed, e). Resuming at step k is index arithmetic, not a replay of the data."""
+    seeded by (seed, e). Resuming at step k is index arithmetic, not a replay of the data. With
+    `lengths` (epoch -> each example's length) the permutation is grouped by length (group_by_length)."""
 
-    def __init__(self, num_examples: int, global_batch_size: int, seed: int, shuffle: bool = True):
+    def __init__(
+        self,
+        num_examples: int,
+        global_batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        lengths: Callable[[int], np.ndarray] | None = None,
+    ):
         if num_examples < global_batch_size:
             raise ValueError(
                 f"only {num_examples} training examples for a global batch of {global_batch_size}; "
@@ -32,6 +57,7 @@ class BatchPlan:
             shuffle,
         )
         self.batches_per_epoch = num_examples // global_batch_size  # the incomplete tail batch is dropped
+        self.lengths = lengths
 
     def batch(self, k: int) -> tuple[int, list[int]]:
         epoch, position = divmod(k, self.batches_per_epoch)
@@ -43,7 +69,11 @@ class BatchPlan:
             return np.arange(self.num_examples)
         cached = getattr(self, "_cached", None)
         if cached is None or cached[0] != epoch:
-            self._cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_examples))
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+            if self.lengths is not None:
+                rng = np.random.default_rng([self.seed, epoch, 1])
+                order = group_by_length(order, self.lengths(epoch), self.global_batch_size, rng)
+            self._cached = (epoch, order)
         return self._cached[1]
 
 

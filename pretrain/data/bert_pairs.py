@@ -237,6 +237,17 @@ class BertExamples:
     def rows(self) -> Iterator[dict[str, Any]]:
         return (self[i] for i in range(len(self)))
 
+    def epoch_lengths(self, epoch: int) -> np.ndarray:
+        """Each example's length in epoch `epoch` ([CLS] A [SEP] B [SEP]; FULL-SENTENCES examples also hold
+        a [SEP] per document boundary, not counted): what batches are grouped by. Read in chunks."""
+        pairs = self.for_epoch(epoch).pairs
+        source = pairs.pairs if isinstance(pairs, SpreadRows) else pairs
+        lengths = np.empty(len(source), np.int32)
+        for start in range(0, len(source), 1 << 20):
+            rows = np.asarray(source[start : start + (1 << 20)])
+            lengths[start : start + len(rows)] = rows[:, 1] - rows[:, 0] + rows[:, 3] - rows[:, 2] + 3
+        return lengths[pairs.source_rows()] if isinstance(pairs, SpreadRows) else lengths
+
 
 def _open_pairs(pairs_dir: Path) -> np.ndarray:
     file = pairs_dir / "pairs.bin"
@@ -259,6 +270,10 @@ class SpreadRows:
         if not 0 <= index < self.length:
             raise IndexError(index)
         return self.pairs[index * len(self.pairs) // self.length]
+
+    def source_rows(self) -> np.ndarray:
+        """Which row of `pairs` each of the `length` rows is."""
+        return np.arange(self.length, dtype=np.int64) * len(self.pairs) // self.length
 
     def tolist(self) -> list[list[int]]:
         return [self[i].tolist() for i in range(self.length)]

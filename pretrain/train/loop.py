@@ -53,6 +53,8 @@ class Task:
     tokenizer: Any = None
     export: Callable[[torch.nn.Module, Path], None] | None = None  # default: save_hf with the tokenizer
     on_evaluate: Callable[[int, dict[str, float], torch.nn.Module], None] | None = None  # e.g. keep the best model
+    # epoch -> each training example's length: batches then hold similar lengths (less padding computed)
+    lengths: Callable[[int], Any] | None = None
 
 
 def make_accelerator(cfg: TrainConfig, impl: ImplConfig) -> Any:
@@ -288,7 +290,7 @@ def make_loader(
     """This process's micro-batches from optimizer step `step` on: the data position is index
     arithmetic on the global batch plan, so it does not depend on how the batch is split."""
     world = accelerator.num_processes
-    plan = BatchPlan(len(task.train_data), cfg.batch_size * world, seed)
+    plan = BatchPlan(len(task.train_data), cfg.batch_size * world, seed, lengths=task.lengths)
     sampler = PlannedBatches(
         plan, start=step * cfg.grad_accum_steps, rank=accelerator.process_index, world_size=world, seed=seed
     )
