@@ -35,7 +35,9 @@ def group_by_length(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng
 class BatchPlan:
     """Which examples make up global batch k, for any k, with no iteration: epoch e is a permutation
     seeded by (seed, e). Resuming at step k is index arithmetic, not a replay of the data. With
-    `lengths` (epoch -> each example's length) the permutation is grouped by length (group_by_length)."""
+    `lengths` (epoch -> each example's length) the permutation is grouped by length (group_by_length) in
+    units of an optimizer step's examples (`step_batch_size`: the global batch times gradient accumulation),
+    so what a step trains on does not depend on how it is split into micro-batches or processes."""
 
     def __init__(
         self,
@@ -44,6 +46,7 @@ class BatchPlan:
         seed: int,
         shuffle: bool = True,
         lengths: Callable[[int], np.ndarray] | None = None,
+        step_batch_size: int | None = None,
     ):
         if num_examples < global_batch_size:
             raise ValueError(
@@ -58,6 +61,7 @@ class BatchPlan:
         )
         self.batches_per_epoch = num_examples // global_batch_size  # the incomplete tail batch is dropped
         self.lengths = lengths
+        self.step_batch_size = step_batch_size or global_batch_size
 
     def batch(self, k: int) -> tuple[int, list[int]]:
         epoch, position = divmod(k, self.batches_per_epoch)
@@ -72,7 +76,7 @@ class BatchPlan:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
             if self.lengths is not None:
                 rng = np.random.default_rng([self.seed, epoch, 1])
-                order = group_by_length(order, self.lengths(epoch), self.global_batch_size, rng)
+                order = group_by_length(order, self.lengths(epoch), self.step_batch_size, rng)
             self._cached = (epoch, order)
         return self._cached[1]
 

@@ -290,7 +290,13 @@ def make_loader(
     """This process's micro-batches from optimizer step `step` on: the data position is index
     arithmetic on the global batch plan, so it does not depend on how the batch is split."""
     world = accelerator.num_processes
-    plan = BatchPlan(len(task.train_data), cfg.batch_size * world, seed, lengths=task.lengths)
+    plan = BatchPlan(
+        len(task.train_data),
+        cfg.batch_size * world,
+        seed,
+        lengths=task.lengths,
+        step_batch_size=cfg.batch_size * world * cfg.grad_accum_steps,  # length groups of whole optimizer steps
+    )
     sampler = PlannedBatches(
         plan, start=step * cfg.grad_accum_steps, rank=accelerator.process_index, world_size=world, seed=seed
     )
