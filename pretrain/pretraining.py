@@ -157,7 +157,7 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
             data.unigram_entropy,
         )
     if family == "bert":
-        collate = MLMCollator(tokenizer, cfg.data.mlm_probability, cfg.data.whole_word_mask)
+        collate = MLMCollator(tokenizer, cfg.data.mlm_probability, cfg.data.whole_word_mask, cfg.data.max_length)
     else:
         collate = CausalCollator(tokenizer)
 

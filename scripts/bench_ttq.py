@@ -57,7 +57,7 @@ def build_data(args: argparse.Namespace):
 def collator(args: argparse.Namespace, tokenizer):
     from pretrain.data import CausalCollator, MLMCollator
 
-    return MLMCollator(tokenizer, 0.15) if args.family == "bert" else CausalCollator(tokenizer)
+    return MLMCollator(tokenizer, 0.15, max_length=args.length) if args.family == "bert" else CausalCollator(tokenizer)
 
 
 def hf_model(args: argparse.Namespace, tokenizer):
