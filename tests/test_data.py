@@ -91,6 +91,23 @@ def test_masking_statistics(bert_tokenizer):
     assert abs(kept / selected - 0.1) < 0.02
 
 
+def test_mlm_batches_are_padded_to_a_multiple_of_8_within_max_length(bert_tokenizer):
+    """Few distinct shapes for length-grouped batches; never past data.max_length; no mask when nothing pads."""
+    collator = MLMCollator(bert_tokenizer, max_length=20)
+
+    def example(n):
+        return {"input_ids": [2] + [7] * (n - 2) + [3], "_seed": n}
+
+    batch = collator([example(5), example(11)])
+    assert batch["input_ids"].shape == (2, 16) and batch["attention_mask"].sum(-1).tolist() == [5, 11]
+    assert (batch["input_ids"][:, 11:] == bert_tokenizer.pad_token_id).all()
+    assert collator([example(19), example(12)])["input_ids"].shape == (2, 20)  # 24 would pass max_length
+    assert "attention_mask" not in collator([example(16), example(16)])
+    assert "attention_mask" in collator([example(13), example(13)])  # padded to 16
+    assert collator([example(20)])["input_ids"].shape == (1, 20)
+    assert MLMCollator(bert_tokenizer)([example(13)])["input_ids"].shape == (1, 13)  # no limit known: no rounding
+
+
 def test_masking_is_a_function_of_the_example_seed(bert_tokenizer):
     collator = MLMCollator(bert_tokenizer)
     ex = [{"input_ids": [2] + list(range(5, 100)) + [3], "_seed": 7}]

@@ -27,7 +27,8 @@ def padding_mask(sequences: Sequence[Sequence[int]], width: int | None = None) -
 
 
 def padded_width(sequences: Sequence[Sequence[int]], multiple: int, limit: int | None) -> int:
-    """The longest sequence rounded up to a multiple of `multiple`, at most `limit` (the longest if above)."""
+    """The longest sequence rounded up to a multiple of `multiple` but not past `limit` (no rounding
+    without a limit: the model's position table may end right after the longest sequence)."""
     longest = max(len(s) for s in sequences)
     return max(longest, min(-(-longest // multiple) * multiple, limit or longest))
 
@@ -37,7 +38,7 @@ class MLMCollator:
     `whole_word_mask`); of those 80% become [MASK], 10% a random token, 10% stay. Labels are -100
     elsewhere. Each example is masked with its own generator (seed from `_seed`).
 
-    Batches are padded to a multiple of 8 positions (at most `max_length`): length-grouped batches
+    Given `max_length`, batches are padded to a multiple of 8 positions (not past it): length-grouped batches
     would otherwise come in every length, and each new shape costs the CPU's oneDNN kernels a cached
     primitive (the default run's peak memory grew by 0.18 GB) and accelerators their aligned tiles."""
 
