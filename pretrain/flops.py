@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .targets import IGNORE_INDEX
+
 # (bf16 / fp16 tensor, fp32 without TF32) peak FLOP/s, dense, by a substring of the device name
 PEAK_FLOPS: dict[str, tuple[float, float]] = {
     "H200": (989e12, 67e12),
@@ -94,19 +96,22 @@ def throughput(tokens: Any, real_tokens: Any, flops: Any, seconds: float, peak: 
     return values
 
 
-def step_flops(model: Any, micro: list[dict[str, Any]], counts: dict[str, Any], world: int) -> Any:
-    """Model FLOPs of one optimizer step over all processes. The MLM head runs at the labelled
-    positions only: their global count is a device tensor, so this stays free of host syncs."""
+def step_flops(model: Any, micro: list[dict[str, Any]]) -> Any:
+    """Model FLOPs of this process's micro-batches of one optimizer step, each at its own shape. The MLM
+    head runs at the labelled positions only: their count is a device tensor, so this stays free of host
+    syncs (the log sums the processes' figures)."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "ffn_size") or micro[0]["input_ids"].dim() != 2:
         return 0.0  # not one of our models, or a (batch, choices, length) input: not counted
-    batch, length = micro[0]["input_ids"].shape
-    n = len(micro) * world
     with_pooler = getattr(model.transformer, "pooler", None) is not None
-    last_layer_rows = None
-    if hasattr(model, "mlm_head") and "labels" in counts:
-        predicted = counts["labels"]  # the masked positions, already global
-        last_layer_rows = predicted + (batch * n if with_pooler else 0)
-    else:
-        predicted = batch * length * n if hasattr(model, "lm_head") else 0  # a classifier has no vocabulary head
-    return training_flops(config, batch * n, length, predicted, with_pooler, last_layer_rows)
+    total: Any = 0.0
+    for b in micro:
+        batch, length = b["input_ids"].shape
+        last_layer_rows = None
+        if hasattr(model, "mlm_head") and "labels" in b:
+            predicted = (b["labels"] != IGNORE_INDEX).sum()  # the masked positions
+            last_layer_rows = predicted + (batch if with_pooler else 0)
+        else:
+            predicted = batch * length if hasattr(model, "lm_head") else 0  # a classifier has no vocabulary head
+        total = total + training_flops(config, batch, length, predicted, with_pooler, last_layer_rows)
+    return total

@@ -105,6 +105,18 @@ def test_gradient_accumulation_normalises_per_token(tmp_path):
         assert abs(l1[step] - l2[step]) < 1e-4, (step, l1[step], l2[step])
 
 
+def test_resume_refuses_a_changed_length_grouping(tmp_path):
+    """Grouping changes which examples make each step: resuming under the other setting is refused before
+    any training, naming the key and the value to pass (checkpoints from before grouping read as false)."""
+    cfg = tiny_run(tmp_path, max_steps=3, save_every=3, eval_every=0)
+    run_pretraining(cfg)
+    again = tiny_run(tmp_path, max_steps=6, save_every=3, eval_every=0, resume="auto")
+    again.data.group_by_length = False
+    with pytest.raises(ConfigError, match=r"trained with data.group_by_length=true, this run has false.*pass data"):
+        run_pretraining(again)
+    assert step_dirs(cfg.train.output_dir) == ["step-00000003"]
+
+
 def test_refuses_to_overwrite_an_existing_run(tmp_path):
     cfg = tiny_run(tmp_path, max_steps=3)
     run_pretraining(cfg)

@@ -69,19 +69,19 @@ def test_a_spent_budget_stops_training_and_the_resumed_run_keeps_its_clock(tmp_p
 
 def test_logged_tokens_per_s_counts_the_positions_computed_and_the_real_tokens_apart():
     """tokens_per_s counts every position the model ran (padding included), as scripts/benchmark.py and
-    the FLOPs do; real_tokens_per_s the corpus tokens among them; both summed over processes."""
+    the FLOPs do; real_tokens_per_s the corpus tokens among them; summed over micro-batches of any width."""
     from pretrain.train.metrics import Progress
 
     progress = Progress(TrainConfig(max_steps=10), step=0, main=False)
     mask = torch.tensor([[1] * 8, [1] * 3 + [0] * 5])
     padded = {"input_ids": torch.zeros(2, 8, dtype=torch.long), "attention_mask": mask}
-    full = {"input_ids": torch.zeros(4, 8, dtype=torch.long)}
+    full = {"input_ids": torch.zeros(4, 5, dtype=torch.long)}
     progress.count([padded, full], flops=0.0)
     clock = TrainClock(None)
     progress.window_start -= 2.0  # two seconds of training in this window
-    values = progress.throughput(world=2, clock=clock)
-    assert values["tokens_per_s"] == pytest.approx(2 * (16 + 32) / 2.0, rel=1e-3)
-    assert values["real_tokens_per_s"] == pytest.approx(2 * (11 + 32) / 2.0, rel=1e-3)
+    values = progress.throughput(clock)
+    assert values["tokens_per_s"] == pytest.approx((16 + 20) / 2.0, rel=1e-3)
+    assert values["real_tokens_per_s"] == pytest.approx((11 + 20) / 2.0, rel=1e-3)
     assert "mfu" not in values  # no peak known on a CPU without train.peak_flops
 
 
@@ -117,6 +117,21 @@ def test_flops_count_what_the_models_compute():
         CausalLM(causal)(ids, labels=ids)
     half_attention = causal.num_layers * 48 * 2 * causal.hidden_size * 16
     assert _matmul_flops(counter) == forward_flops(causal, 3, 16, predicted=48, with_pooler=False) - half_attention
+
+
+def test_step_flops_count_each_micro_batch_at_its_own_width():
+    """Length-grouped micro-batches differ in width and in masked positions: each counts as it is."""
+    from pretrain.flops import step_flops
+
+    config = tiny_config()
+    model = BertPretraining(config)
+    micro = []
+    for batch, length in ((2, 8), (3, 16)):
+        labels = torch.full((batch, length), -100)
+        labels[:, 1] = 7
+        micro.append({"input_ids": torch.zeros(batch, length, dtype=torch.long), "labels": labels})
+    expected = training_flops(config, 2, 8, 2, True, 4) + training_flops(config, 3, 16, 3, True, 6)
+    assert float(step_flops(model, micro)) == expected
 
 
 def test_peak_flops_come_from_the_override_or_a_known_gpu():

@@ -190,6 +190,9 @@ def prepare_pairs(cfg: DataConfig, tokens_dir: Path, name: str, nsp: bool, epoch
     return path
 
 
+CHUNK_ROWS = 1 << 20  # pairs rows read at a time when an epoch's lengths are computed
+
+
 class BertExamples:
     """Indexable examples {input_ids, token_type_ids[, next_sentence_label]} read from the memory map:
     epoch 0's pairing; `for_epoch(e)` gives epoch e's, of the same length (see the module docstring)."""
@@ -238,15 +241,22 @@ class BertExamples:
         return (self[i] for i in range(len(self)))
 
     def epoch_lengths(self, epoch: int) -> np.ndarray:
-        """Each example's length in epoch `epoch` ([CLS] A [SEP] B [SEP]; FULL-SENTENCES examples also hold
-        a [SEP] per document boundary, not counted): what batches are grouped by. Read in chunks."""
+        """Each example's length in epoch `epoch` as the batch grouping sees it: A + B + 3 ([CLS] A [SEP] B
+        [SEP]; a FULL-SENTENCES example, with no B, counts one [SEP] too many and not the [SEP]s between its
+        documents: close enough to group by). int32, read from the memory map a chunk at a time."""
         pairs = self.for_epoch(epoch).pairs
         source = pairs.pairs if isinstance(pairs, SpreadRows) else pairs
         lengths = np.empty(len(source), np.int32)
-        for start in range(0, len(source), 1 << 20):
-            rows = np.asarray(source[start : start + (1 << 20)])
+        for start in range(0, len(source), CHUNK_ROWS):
+            rows = np.asarray(source[start : start + CHUNK_ROWS])
             lengths[start : start + len(rows)] = rows[:, 1] - rows[:, 0] + rows[:, 3] - rows[:, 2] + 3
-        return lengths[pairs.source_rows()] if isinstance(pairs, SpreadRows) else lengths
+        if not isinstance(pairs, SpreadRows):
+            return lengths
+        spread = np.empty(len(pairs), np.int32)
+        for start in range(0, len(pairs), CHUNK_ROWS):
+            stop = min(len(pairs), start + CHUNK_ROWS)
+            spread[start:stop] = lengths[pairs.source_rows(start, stop)]
+        return spread
 
 
 def _open_pairs(pairs_dir: Path) -> np.ndarray:
@@ -271,9 +281,9 @@ class SpreadRows:
             raise IndexError(index)
         return self.pairs[index * len(self.pairs) // self.length]
 
-    def source_rows(self) -> np.ndarray:
-        """Which row of `pairs` each of the `length` rows is."""
-        return np.arange(self.length, dtype=np.int64) * len(self.pairs) // self.length
+    def source_rows(self, start: int, stop: int) -> np.ndarray:
+        """Which row of `pairs` each of rows start..stop-1 is."""
+        return np.arange(start, stop, dtype=np.int64) * len(self.pairs) // self.length
 
     def tolist(self) -> list[list[int]]:
         return [self[i].tolist() for i in range(self.length)]

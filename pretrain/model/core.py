@@ -67,7 +67,9 @@ class ModelOutput:
     loss: torch.Tensor | None = None
     loss_terms: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     logits: torch.Tensor | None = None  # LM logits (causal) or classification logits
-    prediction_logits: torch.Tensor | None = None  # MLM logits: (B, T, V), or (N, V) at the N labelled positions
+    # MLM logits: (B, T, V) without labels; (N, V) at the N labelled positions with labels under no_grad;
+    # None in training with labels (the decoder runs chunk by chunk inside the loss)
+    prediction_logits: torch.Tensor | None = None
     seq_relationship_logits: torch.Tensor | None = None  # NSP logits (B, 2)
     start_logits: torch.Tensor | None = None
     end_logits: torch.Tensor | None = None
@@ -263,8 +265,8 @@ class Transformer(nn.Module):
     ) -> ModelOutput:
         """`output_positions` (flat indices into batch x length, e.g. BERT's masked positions): the last
         block runs attention everywhere but its output projection, MLP and norms only at these rows, and
-        `last_hidden_state` is (len(output_positions), hidden). The pooler still reads each [CLS]. Exact:
-        nothing after attention mixes positions, so those rows equal the full computation's."""
+        `last_hidden_state` is (len(output_positions), hidden). The pooler still reads each [CLS]. Exact (with
+        dropout off; on, the rows draw other masks): nothing after attention mixes positions."""
         self._check_inputs(input_ids, token_type_ids, past_key_values)
         batch, length = input_ids.shape
         cfg = self.config

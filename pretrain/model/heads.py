@@ -13,6 +13,10 @@ from .core import ACTIVATIONS, KVCache, ModelOutput, Transformer, init_weights, 
 from .generation import generate
 from .losses import LossTerm, ce_term, chunked_lm_loss_term, linear_ce_term, lm_loss_term, mean_loss
 
+# the number of masked positions changes every step, and the chunk loop runs over it in Python: under
+# torch.compile that would recompile per count, so this one call stays eager (it is matmul-bound anyway)
+eager_linear_ce_term = torch.compiler.disable(linear_ce_term)
+
 
 def true_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """The logits of the real vocabulary: the matmul runs over the padded rows (config.padded_vocab_size,
@@ -92,7 +96,8 @@ class BertPretraining(PretrainedModel):
     that saves most of the head's compute and memory and most of a layer's; in training the decoder and
     its loss run a chunk at a time (no logits returned). The positions are
     `mlm_positions` (flat indices into batch x length, in order, as the MLM collator computes them on the
-    host), or, without it, found from `labels` (which makes an accelerator wait for the device)."""
+    host), or, without it, found from `labels` (which makes an accelerator wait for the device). With labels,
+    `last_hidden_state` holds those N rows only, (N, hidden)."""
 
     def __init__(self, config: TransformerConfig, nsp: bool = True):
         if config.causal:
@@ -130,7 +135,7 @@ class BertPretraining(PretrainedModel):
         elif torch.is_grad_enabled():  # training: the decoder and its loss a chunk at a time, as CausalLM's
             targets = labels.reshape(-1).index_select(0, mlm_positions)
             weight, vocab = head.decoder.weight, head.vocab_size
-            out.loss_terms["mlm"] = linear_ce_term(head.transform(h), weight, targets, head.bias, vocab)
+            out.loss_terms["mlm"] = eager_linear_ce_term(head.transform(h), weight, targets, head.bias, vocab)
             # out.prediction_logits stays None; call under torch.no_grad() to get them
         else:
             out.prediction_logits = head(h)  # (N, V) at the N labelled positions

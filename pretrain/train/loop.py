@@ -38,7 +38,7 @@ from .checkpoints import (
 from .host import keep_freed_memory
 from .metrics import MetricsLog, Progress, plot_losses
 from .optim import build_optimizer, learning_rate, log_schedule_change, schedule_settings, set_learning_rate
-from .resume import check_global_batch, choose_checkpoint, load_checkpoint, prepare_output_dir
+from .resume import check_global_batch, check_length_grouping, choose_checkpoint, load_checkpoint, prepare_output_dir
 from .signals import StopSignals, TrainingStopped
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def train(
             while not done:
                 micro = [_to_device(next(batches), accelerator.device) for _ in range(cfg.grad_accum_steps)]
                 step_loss, counts = train_step(run, micro, cfg, accelerator)
-                progress.count(micro, step_flops(run.unwrapped, micro, counts, accelerator.num_processes))
+                progress.count(micro, step_flops(run.unwrapped, micro))
                 step = run.step
                 done = step >= cfg.max_steps or budget_spent(run.clock, accelerator)
                 if step % cfg.log_every == 0 or done:
@@ -250,6 +250,7 @@ def start_run(
     run.clock = TrainClock(cfg.max_minutes)
     if state is not None:
         check_global_batch(resumed, state, cfg, world)
+        check_length_grouping(resumed, state, task.lengths is not None)
         load_checkpoint(resumed, state, run, accelerator)
         run.step = state["step"]
         run.skipped += state.get("skipped_steps", 0)
@@ -324,6 +325,7 @@ def save(manager: CheckpointManager, run: Run, cfg: TrainConfig, task: Task, acc
             "world_size": accelerator.num_processes,
             "batch_size": cfg.batch_size,
             "grad_accum_steps": cfg.grad_accum_steps,
+            "length_grouped": task.lengths is not None,
             "parallelism": run.parallelism,
             "schedule": schedule_settings(cfg),
             "skipped_steps": skipped,
@@ -364,7 +366,7 @@ def log_step(
     values = {
         "loss": loss_value,
         "lr": learning_rate(cfg, run.step - 1, run.clock.time_fraction()),
-        **progress.throughput(accelerator.num_processes, run.clock),
+        **progress.throughput(run.clock, accelerator),
         "train_seconds": run.clock.elapsed_s,  # evaluation and checkpoints excluded; carried over resumes
     }
     if skipped:

@@ -48,11 +48,15 @@ class Progress:
             self.real_tokens += batch["attention_mask"].sum() if "attention_mask" in batch else positions
         self.flops += flops
 
-    def throughput(self, world: int, clock: TrainClock) -> dict[str, float]:
-        """Read and reset at each logged step."""
+    def throughput(self, clock: TrainClock, accelerator: Any = None) -> dict[str, float]:
+        """Read and reset at each logged step; summed over the processes (collective when there are several:
+        length-grouped batches give processes and micro-batches different widths, so no one stands for all)."""
         seconds = time.perf_counter() - self.window_start - (clock.paused_s - self.window_paused)
-        tokens, real_tokens = float(self.tokens) * world, float(self.real_tokens) * world
-        values = throughput(tokens, real_tokens, self.flops, seconds, self.peak_flops)
+        counts = [self.tokens, self.real_tokens, self.flops]
+        if accelerator is not None and accelerator.num_processes > 1:
+            local = torch.tensor([float(c) for c in counts], dtype=torch.float64, device=accelerator.device)
+            counts = accelerator.reduce(local, reduction="sum").tolist()
+        values = throughput(*counts, seconds, self.peak_flops)
         self.tokens, self.real_tokens, self.flops = 0, 0, 0.0
         self.window_start, self.window_paused = time.perf_counter(), clock.paused_s
         return values

@@ -60,6 +60,18 @@ def check_global_batch(path: Path, state: dict[str, Any], cfg: TrainConfig, worl
         )
 
 
+def check_length_grouping(path: Path, state: dict[str, Any], grouped: bool) -> None:
+    """Length grouping changes which examples make each step: resuming under the other setting would
+    train some examples of the epoch twice and others never."""
+    saved = state.get("length_grouped", False)  # checkpoints from before grouping existed read in order
+    if saved != grouped:
+        was, now = str(saved).lower(), str(grouped).lower()
+        raise ConfigError(
+            f"cannot resume {path}: it was trained with data.group_by_length={was}, this run has {now}; "
+            f"the data order would change mid-epoch: pass data.group_by_length={was}"
+        )
+
+
 def choose_checkpoint(
     manager: CheckpointManager, candidate: Path | None, cfg: TrainConfig, accelerator: Any
 ) -> Path | None:
