@@ -305,10 +305,10 @@ class Transformer(nn.Module):
                 attentions.append(probs)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        first = x[:, 0] if rows is None else x[:batch]
-        pooled = torch.tanh(self.pooler(first)) if self.pooler is not None else None
-        if rows is not None and self.pooler is not None:
-            x = x[batch:]
+        pooled = None
+        if self.pooler is not None:
+            first, x = (x[:, 0], x) if rows is None else (x[:batch], x[batch:])  # [CLS] rows went first
+            pooled = torch.tanh(self.pooler(first))
         return ModelOutput(
             last_hidden_state=x,
             pooler_output=pooled,

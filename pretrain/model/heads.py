@@ -132,14 +132,15 @@ class BertPretraining(PretrainedModel):
         h, head = out.last_hidden_state, self.mlm_head
         if labels is None:
             out.prediction_logits = head(h)
-        elif torch.is_grad_enabled():  # training: the decoder and its loss a chunk at a time, as CausalLM's
-            targets = labels.reshape(-1).index_select(0, mlm_positions)
-            weight, vocab = head.decoder.weight, head.vocab_size
-            out.loss_terms["mlm"] = eager_linear_ce_term(head.transform(h), weight, targets, head.bias, vocab)
-            # out.prediction_logits stays None; call under torch.no_grad() to get them
         else:
-            out.prediction_logits = head(h)  # (N, V) at the N labelled positions
-            out.loss_terms["mlm"] = ce_term(out.prediction_logits, labels.reshape(-1).index_select(0, mlm_positions))
+            targets = labels.reshape(-1).index_select(0, mlm_positions)
+            if torch.is_grad_enabled():  # training: the decoder and its loss a chunk at a time, as CausalLM's
+                weight, vocab = head.decoder.weight, head.vocab_size
+                out.loss_terms["mlm"] = eager_linear_ce_term(head.transform(h), weight, targets, head.bias, vocab)
+                # out.prediction_logits stays None; call under torch.no_grad() to get them
+            else:
+                out.prediction_logits = head(h)  # (N, V) at the N labelled positions
+                out.loss_terms["mlm"] = ce_term(out.prediction_logits, targets)
         if self.nsp_head is not None:
             out.seq_relationship_logits = self.nsp_head(out.pooler_output)
             if next_sentence_label is not None:

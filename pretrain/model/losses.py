@@ -50,7 +50,6 @@ def linear_ce_term(
     bias: torch.Tensor | None = None,
     vocab_size: int | None = None,
     chunk_elements: int = 2**25,
-    key: str = "labels",
 ) -> LossTerm:
     """ce_term(hidden @ weight.T + bias, targets) for (N, hidden) rows without the whole (N x vocab)
     logits: `chunk_elements` logits at a time (2**25: 128 MB of fp32 logits, a few chunks for GPT-2's
@@ -59,7 +58,7 @@ def linear_ce_term(
     rows = max(1, chunk_elements // weight.size(0))
     vocab_size = weight.size(0) if vocab_size is None else vocab_size
     total = _LinearCrossEntropy.apply(hidden, weight, bias, targets, rows, vocab_size)
-    return LossTerm(total, (targets != IGNORE_INDEX).sum(), key)
+    return LossTerm(total, (targets != IGNORE_INDEX).sum(), "labels")
 
 
 def chunked_lm_loss_term(
