@@ -144,8 +144,8 @@ class DataConfig:
     mlm_probability: float = 0.15
     whole_word_mask: bool = False
     # BERT: batches of similar-length examples (each run of 50 optimizer steps' examples sorted by length, cut
-    # into steps, the steps shuffled), so
-    # little padding is computed; short documents make short examples (Hugging Face's group_by_length)
+    # into steps, the steps shuffled), so little padding is computed; short documents make short examples
+    # (Hugging Face's group_by_length)
     group_by_length: bool = True
     validation_fraction: float = 0.05  # of documents, held out
     max_documents: int | None = None  # use only the first N documents (quick experiments)

@@ -245,18 +245,13 @@ class BertExamples:
         [SEP]; a FULL-SENTENCES example, with no B, counts one [SEP] too many and not the [SEP]s between its
         documents: close enough to group by). int32, read from the memory map a chunk at a time."""
         pairs = self.for_epoch(epoch).pairs
-        source = pairs.pairs if isinstance(pairs, SpreadRows) else pairs
-        lengths = np.empty(len(source), np.int32)
-        for start in range(0, len(source), CHUNK_ROWS):
-            rows = np.asarray(source[start : start + CHUNK_ROWS])
-            lengths[start : start + len(rows)] = rows[:, 1] - rows[:, 0] + rows[:, 3] - rows[:, 2] + 3
-        if not isinstance(pairs, SpreadRows):
-            return lengths
-        spread = np.empty(len(pairs), np.int32)
+        spread = isinstance(pairs, SpreadRows)
+        lengths = np.empty(len(pairs), np.int32)
         for start in range(0, len(pairs), CHUNK_ROWS):
             stop = min(len(pairs), start + CHUNK_ROWS)
-            spread[start:stop] = lengths[pairs.source_rows(start, stop)]
-        return spread
+            rows = np.asarray(pairs.pairs[pairs.source_rows(start, stop)] if spread else pairs[start:stop])
+            lengths[start:stop] = rows[:, 1] - rows[:, 0] + rows[:, 3] - rows[:, 2] + 3
+        return lengths
 
 
 def _open_pairs(pairs_dir: Path) -> np.ndarray:
