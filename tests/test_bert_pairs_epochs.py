@@ -3,7 +3,6 @@ rules in every epoch, every epoch the size the batch plan expects, and resume ex
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,20 +167,14 @@ def test_resume_across_an_epoch_boundary_is_exact(tmp_path, monkeypatch):
 def test_two_processes_cross_an_epoch_like_one(tmp_path):
     """Two processes (gloo on the CPU) reach epoch 1 together: one builds its pairing under the cache lock,
     both read it, and the losses equal a single process's."""
-    from test_pretraining import CLI_TINY, _cli, losses
+    from test_pretraining import CLI_TINY, COMPARABLE_RUN, TWO_PROCESSES, _cli, losses
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(CORPUS) + "\n")
     common = [
         "model=bert-tiny",
         "train.max_steps=6",
-        "train.save_every=0",
-        "train.eval_every=0",
-        "train.log_every=1",
-        "model.dropout=0.0",
-        "model.attention_dropout=0.0",
-        "train.plot=false",
-        "train.export=false",
+        *COMPARABLE_RUN,
         "data.format=text",
         f"data.paths=[{corpus}]",
         f"data.cache_dir={tmp_path / 'cache'}",
@@ -190,11 +183,9 @@ def test_two_processes_cross_an_epoch_like_one(tmp_path):
     ]
     single = _cli([*common, "train.batch_size=8", f"train.output_dir={tmp_path / 'one'}"], cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     shutil.rmtree(tmp_path / "cache" / "bert_pairs")  # the two processes build epoch 0 and 1 again, together
     double = _cli(
-        [*common, "train.batch_size=4", f"train.output_dir={tmp_path / 'two'}"], cwd=tmp_path, launcher=launcher
+        [*common, "train.batch_size=4", f"train.output_dir={tmp_path / 'two'}"], cwd=tmp_path, launcher=TWO_PROCESSES
     )
     assert double.returncode == 0, double.stderr[-3000:]
     metas = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "bert_pairs").glob("*/meta.json")]

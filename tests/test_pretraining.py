@@ -188,6 +188,21 @@ CLI_TINY = [
     "train.eval_batches=5",
     "train.tensorboard=false",
 ]
+# a run that another setup's run is compared with loss by loss: no dropout, every step logged, nothing saved,
+# evaluated on the way or exported
+COMPARABLE_RUN = [
+    "train.save_every=0",
+    "train.eval_every=0",
+    "train.log_every=1",
+    "model.dropout=0.0",
+    "model.attention_dropout=0.0",
+    "train.plot=false",
+    "train.export=false",
+]
+# without a GPU, --multi_gpu starts 2 processes (torchrun) that train together on the CPU with gloo;
+# `accelerate launch --cpu` starts a single process unless MPI is set up
+TWO_PROCESSES = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+TWO_PROCESSES += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
 @pytest.mark.slow
@@ -284,38 +299,11 @@ def test_unknown_override_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
-    common = [
-        "train.max_steps=8",
-        "train.save_every=0",
-        "train.eval_every=0",
-        "train.log_every=1",
-        "model.dropout=0.0",
-        "model.attention_dropout=0.0",
-        "train.plot=false",
-        "train.export=false",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        *CLI_TINY,
-    ]
+    common = ["train.max_steps=8", *COMPARABLE_RUN, f"data.cache_dir={tmp_path / 'cache'}", *CLI_TINY]
     single = _cli([*common, "train.batch_size=8", f"train.output_dir={tmp_path / 'one'}"], cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
-    # without a GPU, --multi_gpu starts 2 processes (torchrun) that train together on the CPU with gloo;
-    # `accelerate launch --cpu` starts a single process unless MPI is set up
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
     double = _cli(
-        [*common, "train.batch_size=4", f"train.output_dir={tmp_path / 'two'}"], cwd=tmp_path, launcher=launcher
+        [*common, "train.batch_size=4", f"train.output_dir={tmp_path / 'two'}"], cwd=tmp_path, launcher=TWO_PROCESSES
     )
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
