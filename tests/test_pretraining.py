@@ -144,6 +144,12 @@ def test_config_errors_name_the_key():
         from_dict(PretrainConfig, {"train": {"max_stepz": 3}})
     with pytest.raises(ConfigError, match="train.batch_size must be an integer"):
         from_dict(PretrainConfig, {"train": {"batch_size": "big"}})
+    # nan passes every `<= 0` range check: refused where it is read, for every float key (lists too)
+    for section, key, value in [("train", "max_minutes", float("nan")), ("train", "lr", float("inf"))]:
+        with pytest.raises(ConfigError, match=f"train.{key} must be a finite number, got {value}"):
+            from_dict(PretrainConfig, {section: {key: value}})
+    with pytest.raises(ConfigError, match=r"train.adam_betas\[1\] must be a finite number, got nan"):
+        from_dict(PretrainConfig, {"train": {"adam_betas": [0.9, float("nan")]}})
     with pytest.raises(ConfigError, match="model.family='t5' is not one of"):
         from_dict(PretrainConfig, {"model": {"family": "t5"}})
     with pytest.raises(ConfigError, match="data.paths"):
