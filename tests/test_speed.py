@@ -106,9 +106,8 @@ def test_flops_count_what_the_models_compute():
     attention = config.num_layers * 48 * 4 * config.hidden_size * 16
     # the last block past attention: the 12 predicted rows and the 3 [CLS]
     expected = forward_flops(config, 3, 16, predicted=12, with_pooler=True, last_layer_rows=15) - attention
-    # FlopCounterMode does not count the in-place addmm_ that accumulates the decoder's weight gradient
-    uncounted = 2 * 12 * config.hidden_size * config.padded_vocab_size
-    assert _matmul_flops(counter) == 3 * expected - uncounted
+    # (one chunk: its decoder weight gradient is an mm; FlopCounterMode would miss later chunks' addmm_)
+    assert _matmul_flops(counter) == 3 * expected
     assert training_flops(config, 3, 16, 12, True, 15) == 3 * forward_flops(config, 3, 16, 12, True, 15)
     assert forward_flops(config, 3, 16, 12, True, 15) < forward_flops(config, 3, 16, 12, True)
 
@@ -175,7 +174,7 @@ def test_chunked_lm_loss_matches_the_whole_logits_path():
     weight = torch.randn(37, 16, requires_grad=True)
     labels = torch.randint(0, 37, (3, 10))
     labels[1, 6:] = IGNORE_INDEX
-    total, count, _ = chunked_lm_loss_term(hidden, weight, labels, chunk_elements=37 * 7)
+    total, count, _ = chunked_lm_loss_term(hidden, weight, labels, chunk_elements=37 * 8)  # rows 8, 8, 8, 6
     (total * 0.5).backward()
     grads = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None
@@ -206,6 +205,25 @@ def test_chunked_cross_entropy_with_a_bias_and_padded_vocabulary_matches_the_who
     torch.testing.assert_close(total, expected)
     for got, want in zip(grads, torch.autograd.grad(expected, (hidden, weight, bias)), strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_chunked_cross_entropy_without_targets_and_twice_through_one_graph():
+    """No rows (a batch with nothing masked): zero gradients, not uninitialised memory. The gradients
+    are scaled in place in backward, so a second backward through a retained graph must fail loudly
+    rather than scale them twice."""
+    from pretrain.model.losses import linear_ce_term
+
+    weight = torch.randn(40, 16, requires_grad=True)
+    bias = torch.randn(37, requires_grad=True)
+    total, count, _ = linear_ce_term(torch.zeros(0, 16), weight, torch.zeros(0, dtype=torch.long), bias, 37)
+    total.backward()
+    assert float(total.detach()) == 0 and int(count) == 0
+    assert torch.equal(weight.grad, torch.zeros(40, 16)) and torch.equal(bias.grad, torch.zeros(37))
+
+    total, _, _ = linear_ce_term(torch.randn(5, 16), weight, torch.randint(0, 37, (5,)), bias, 37)
+    total.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        total.backward()
 
 
 def test_training_forward_of_the_causal_lm_equals_the_evaluation_forward():

@@ -55,7 +55,9 @@ def linear_ce_term(
     logits: `chunk_elements` logits at a time (2**25: 128 MB of fp32 logits, a few chunks for GPT-2's
     vocabulary). `weight` may have padded rows past `vocab_size` (config.padded_vocab_size): their logits
     are masked out, so the loss is the true vocabulary's; `bias`, if any, has the true vocabulary's size."""
-    rows = max(1, chunk_elements // weight.size(0))
+    # equal chunks: a short last chunk would run a small, inefficient matmul
+    chunks = -(-hidden.size(0) * weight.size(0) // chunk_elements)
+    rows = max(1, -(-hidden.size(0) // max(chunks, 1)))
     vocab_size = weight.size(0) if vocab_size is None else vocab_size
     total = _LinearCrossEntropy.apply(hidden, weight, bias, targets, rows, vocab_size)
     return LossTerm(total, (targets != IGNORE_INDEX).sum(), "labels")
@@ -95,8 +97,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_bias = bias is not None and ctx.needs_input_grad[2]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
-        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None
+        # fp32: the first chunk writes it, the others accumulate (no zero-fill pass over vocab x hidden)
+        written = weight.dtype == torch.float32 and hidden.size(0) > 0
+        new_grad_weight = torch.empty_like if written else torch.zeros_like
+        grad_weight = new_grad_weight(weight, dtype=torch.float32) if need_weight else None
+        grad_bias = None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.size(0), rows):
             h, y = hidden[start : start + rows], targets[start : start + rows]
@@ -116,22 +121,27 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad = probs.mul_((valid / norm)[:, None])  # softmax; rows of ignored targets become 0
                 grad.scatter_add_(1, index, -valid[:, None])  # minus the one-hot target
                 if need_bias:
-                    grad_bias += grad[:, :vocab_size].sum(dim=0)
+                    chunk_bias = grad[:, :vocab_size].sum(dim=0)
+                    grad_bias = chunk_bias if grad_bias is None else grad_bias.add_(chunk_bias)
                 grad = grad.to(weight.dtype)
                 if need_hidden:
                     grad_hidden[start : start + rows] = grad @ weight
-                if need_weight and grad.dtype == torch.float32:
+                if need_weight and grad.dtype == torch.float32 and start == 0:
+                    torch.mm(grad.t(), h, out=grad_weight)
+                elif need_weight and grad.dtype == torch.float32:
                     grad_weight.addmm_(grad.t(), h)  # accumulates without a (vocab x hidden) temporary
                 elif need_weight:
                     grad_weight += grad.t() @ h.to(grad.dtype)
         ctx.save_for_backward(
             grad_hidden if need_hidden else None,
             grad_weight.to(weight.dtype) if need_weight else None,
-            grad_bias.to(bias.dtype) if need_bias else None,
+            (torch.zeros_like(bias) if grad_bias is None else grad_bias.to(bias.dtype)) if need_bias else None,
         )
         return total
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
-        grads = [g * grad_total if g is not None else None for g in ctx.saved_tensors]
+        # scaled in place: no second (vocab x hidden) buffer. A second backward through the same graph
+        # (retain_graph) then fails autograd's own check that saved tensors were not modified in place.
+        grads = [g.mul_(grad_total) if g is not None else None for g in ctx.saved_tensors]
         return (*grads, None, None, None)
