@@ -117,6 +117,18 @@ def test_resume_refuses_a_changed_length_grouping(tmp_path):
     assert step_dirs(cfg.train.output_dir) == ["step-00000003"]
 
 
+def test_a_finished_run_run_again_trains_nothing_and_reports_its_metrics(tmp_path, caplog):
+    cfg = tiny_run(tmp_path, max_steps=3, save_every=3, eval_every=3)
+    first = run_pretraining(cfg)
+    cfg.train.resume = "auto"
+    with caplog.at_level("INFO"):
+        again = run_pretraining(cfg)
+    assert "nothing left to train: step 3 reached train.max_steps=3" in caplog.text
+    assert first and again.keys() == first.keys()
+    assert all(abs(again[k] - first[k]) < 1e-6 for k in first)  # the same model, evaluated again
+    assert step_dirs(cfg.train.output_dir) == ["step-00000003"] and len(losses(cfg.train.output_dir)) == 3
+
+
 def test_refuses_to_overwrite_an_existing_run(tmp_path):
     cfg = tiny_run(tmp_path, max_steps=3)
     run_pretraining(cfg)

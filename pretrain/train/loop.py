@@ -206,6 +206,11 @@ def train(
     run.model.train()
     run.clock.restart()  # building and preparing is not training time
     done = run.step >= cfg.max_steps or budget_spent(run.clock, accelerator)
+    if done:  # a finished run's command run again: nothing to train, but its final metrics are still wanted
+        if accelerator.is_main_process:
+            limit = f"train.max_steps={cfg.max_steps}" if run.step >= cfg.max_steps else "the time budget"
+            log.info("nothing left to train: step %d reached %s; evaluating the final model", run.step, limit)
+        last_eval = evaluate(task, run, accelerator, metrics, progress)
     with StopSignals() as stop:
         try:
             while not done:
