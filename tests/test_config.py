@@ -39,6 +39,17 @@ def test_every_preset_of_each_app_composes_into_its_typed_config():
         assert cfg.data.name and cfg.impl == ImplConfig()
 
 
+def test_a_model_preset_brings_its_tuned_recipe_and_overrides_still_win():
+    """conf/recipe/<model>.yaml follows the model choice; presets without one keep conf/train/pretrain.yaml."""
+    shared = from_dict(PretrainConfig, composed(CONF_DIR, "pretrain", []))
+    gpt = from_dict(PretrainConfig, composed(CONF_DIR, "pretrain", ["model=gpt-tiny"]))
+    mine = from_dict(PretrainConfig, composed(CONF_DIR, "pretrain", ["model=gpt-tiny", "train.lr=1e-3"]))
+    other = from_dict(PretrainConfig, composed(CONF_DIR, "pretrain", ["model=gpt-mini"]))
+    assert (shared.train.lr, shared.train.warmup_steps) == (other.train.lr, other.train.warmup_steps) == (2e-3, 60)
+    assert (gpt.train.lr, gpt.train.warmup_steps) == (3e-3, 30)
+    assert (mine.train.lr, mine.train.warmup_steps) == (1e-3, 30)
+
+
 def test_an_app_does_not_see_the_other_apps_data_presets():
     from hydra.errors import MissingConfigException
 
