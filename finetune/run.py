@@ -37,6 +37,13 @@ class BestModel:
         self.out, self.metric, self.tokenizer, self.is_main = out / "best", metric, tokenizer, is_main
         self.best: float | None = None
         self.step = 0
+        saved = self.out / "metrics.json"
+        if saved.is_file():  # a resumed run: the best so far is beaten only by a better model, not replaced
+            try:
+                previous = json.loads(saved.read_text())
+                self.best, self.step = previous.get(metric), int(previous.get("step", 0))
+            except (ValueError, TypeError):
+                log.warning("%s is unreadable: the next evaluation replaces the best model", saved)
 
     def __call__(self, step: int, metrics: dict[str, float], model: Any) -> None:
         value = metrics.get(self.metric)

@@ -318,6 +318,26 @@ def test_missing_label_column_and_unseen_labels(tmp_path, tiny_bert_checkpoint):
         run_finetune(cfg)
 
 
+def test_a_resumed_run_keeps_its_best_model_until_beaten(tmp_path, caplog):
+    """best/ survives a resume: a later, worse evaluation does not replace it (it used to: the best so far
+    was forgotten on resume); a better one does. An unreadable record is replaced, with a warning."""
+    from finetune.run import BestModel
+
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "metrics.json").write_text(json.dumps({"step": 5, "accuracy": 0.9}))
+    best = BestModel(tmp_path, "accuracy", tokenizer=None, is_main=False)
+    assert (best.best, best.step) == (0.9, 5)
+    best(8, {"accuracy": 0.85}, model=None)
+    assert (best.best, best.step) == (0.9, 5)
+    best(9, {"accuracy": 0.95}, model=None)
+    assert (best.best, best.step) == (0.95, 9)
+
+    (tmp_path / "best" / "metrics.json").write_text("{not json")
+    with caplog.at_level("WARNING"):
+        assert BestModel(tmp_path, "accuracy", tokenizer=None, is_main=False).best is None
+    assert "metrics.json is unreadable" in caplog.text
+
+
 def test_finetune_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="model.init is required"):
         FinetuneConfig(data=FinetuneDataConfig(train="x.tsv")).validate()

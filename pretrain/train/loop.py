@@ -206,13 +206,13 @@ def train(
     run.model.train()
     run.clock.restart()  # building and preparing is not training time
     done = run.step >= cfg.max_steps or budget_spent(run.clock, accelerator)
-    if done:  # a finished run's command run again: nothing to train, but its final metrics are still wanted
-        if accelerator.is_main_process:
-            limit = f"train.max_steps={cfg.max_steps}" if run.step >= cfg.max_steps else "the time budget"
-            log.info("nothing left to train: step %d reached %s; evaluating the final model", run.step, limit)
-        last_eval = evaluate(task, run, accelerator, metrics, progress)
     with StopSignals() as stop:
         try:
+            if done:  # a finished run's command run again: nothing to train, but its final metrics are wanted
+                if accelerator.is_main_process:
+                    limit = f"train.max_steps={cfg.max_steps}" if run.step >= cfg.max_steps else "the time budget"
+                    log.info("nothing left to train: step %d reached %s; evaluating the final model", run.step, limit)
+                last_eval = evaluate(task, run, accelerator, metrics, progress, record=False)
             while not done:
                 micro = [_to_device(next(batches), accelerator.device) for _ in range(cfg.grad_accum_steps)]
                 step_loss, counts = train_step(run, micro, cfg, accelerator)
@@ -347,7 +347,11 @@ def save(manager: CheckpointManager, run: Run, cfg: TrainConfig, task: Task, acc
     return path
 
 
-def evaluate(task: Task, run: Run, accelerator: Any, metrics: MetricsLog, progress: Progress) -> dict[str, float]:
+def evaluate(
+    task: Task, run: Run, accelerator: Any, metrics: MetricsLog, progress: Progress, record: bool = True
+) -> dict[str, float]:
+    """The task's evaluation of the current model; `record=False` (a step already evaluated and logged) leaves
+    metrics.jsonl and the task's on_evaluate (its best model) alone."""
     model = run.whole_model()  # FSDP: gathered, so the task's evaluation runs unchanged
     run.model.eval()
     model.eval()
@@ -355,8 +359,9 @@ def evaluate(task: Task, run: Run, accelerator: Any, metrics: MetricsLog, progre
         result = task.evaluate(model, accelerator)
     run.model.train()
     model.train()
-    metrics.write(run.step, {**{f"eval_{k}": v for k, v in result.items()}, "train_seconds": run.clock.elapsed_s})
-    if task.on_evaluate is not None:
+    if record:
+        metrics.write(run.step, {**{f"eval_{k}": v for k, v in result.items()}, "train_seconds": run.clock.elapsed_s})
+    if record and task.on_evaluate is not None:
         task.on_evaluate(run.step, result, model)
     if accelerator.is_main_process:
         progress.bar.write(f"step {run.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.items()))
