@@ -46,7 +46,7 @@ def test_a_model_preset_brings_its_tuned_recipe_and_overrides_still_win():
     mine = from_dict(PretrainConfig, composed(CONF_DIR, "pretrain", ["model=gpt-tiny", "train.lr=1e-3"]))
     other = from_dict(PretrainConfig, composed(CONF_DIR, "pretrain", ["model=gpt-mini"]))
     assert (shared.train.lr, shared.train.warmup_steps) == (other.train.lr, other.train.warmup_steps) == (2e-3, 60)
-    assert (gpt.train.lr, gpt.train.warmup_steps) == (3e-3, 30)
+    assert (gpt.train.lr, gpt.train.warmup_steps, gpt.train.batch_size, gpt.train.max_steps) == (3e-3, 30, 8, 1600)
     assert (mine.train.lr, mine.train.warmup_steps) == (1e-3, 30)
 
 
