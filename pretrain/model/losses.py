@@ -52,9 +52,10 @@ def linear_ce_term(
     chunk_elements: int = 2**25,
 ) -> LossTerm:
     """ce_term(hidden @ weight.T + bias, targets) for (N, hidden) rows without the whole (N x vocab)
-    logits: `chunk_elements` logits at a time (2**25: 128 MB of fp32 logits, a few chunks for GPT-2's
-    vocabulary). `weight` may have padded rows past `vocab_size` (config.padded_vocab_size): their logits
-    are masked out, so the loss is the true vocabulary's; `bias`, if any, has the true vocabulary's size."""
+    logits: equal chunks of about `chunk_elements` logits (at most one row of logits more; 2**25: 128 MB of
+    fp32 logits, a few chunks for GPT-2's vocabulary). `weight` may have padded rows past `vocab_size`
+    (config.padded_vocab_size): their logits are masked out, so the loss is the true vocabulary's; `bias`, if
+    any, has the true vocabulary's size."""
     # equal chunks: a short last chunk would run a small, inefficient matmul
     chunks = -(-hidden.size(0) * weight.size(0) // chunk_elements)
     rows = max(1, -(-hidden.size(0) // max(chunks, 1)))
@@ -141,7 +142,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
-        # scaled in place: no second (vocab x hidden) buffer. A second backward through the same graph
-        # (retain_graph) then fails autograd's own check that saved tensors were not modified in place.
+        # scaled in place: no second (vocab x hidden) buffer. Eagerly, a second backward through the same
+        # graph (retain_graph) then fails autograd's own check that saved tensors were not modified in place
+        # (under torch.compile the saved gradients are functional copies and a second backward is right).
         grads = [g.mul_(grad_total) if g is not None else None for g in ctx.saved_tensors]
         return (*grads, None, None, None)
