@@ -143,8 +143,8 @@ class SelfAttention(nn.Module):
         batch, length, hidden = x.shape
         groups = self.num_heads // self.kv_heads
         qkv = self.qkv(x).view(batch, length, groups + 2, self.kv_heads, self.head_dim)
-        if groups == 1:
-            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        if groups == 1:  # unbound along the (q, k, v) dim: backward stacks the gradients back with no extra copy
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(dim=2))
         else:
             q = qkv[:, :, :groups].reshape(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
             k, v = qkv[:, :, groups:].permute(2, 0, 3, 1, 4)
