@@ -127,12 +127,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad = grad.to(weight.dtype)
                 if need_hidden:
                     grad_hidden[start : start + rows] = grad @ weight
-                if need_weight and grad.dtype == torch.float32 and start == 0:
-                    torch.mm(grad.t(), h, out=grad_weight)
-                elif need_weight and grad.dtype == torch.float32:
-                    grad_weight.addmm_(grad.t(), h)  # accumulates without a (vocab x hidden) temporary
-                elif need_weight:
+                if need_weight and not written:  # half precision: products accumulate in the fp32 zeros
                     grad_weight += grad.t() @ h.to(grad.dtype)
+                elif need_weight and start == 0:
+                    torch.mm(grad.t(), h, out=grad_weight)
+                elif need_weight:
+                    grad_weight.addmm_(grad.t(), h)  # accumulates without a (vocab x hidden) temporary
         ctx.save_for_backward(
             grad_hidden if need_hidden else None,
             grad_weight.to(weight.dtype) if need_weight else None,
