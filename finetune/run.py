@@ -41,6 +41,8 @@ class BestModel:
         if saved.is_file():  # a resumed run: the best so far is beaten only by a better model, not replaced
             try:
                 previous = json.loads(saved.read_text())
+                if not isinstance(previous, dict):  # valid JSON but not the record this class writes
+                    raise TypeError(type(previous).__name__)
                 self.best, self.step = previous.get(metric), int(previous.get("step", 0))
             except (ValueError, TypeError):
                 log.warning("%s is unreadable: the next evaluation replaces the best model", saved)

@@ -332,10 +332,12 @@ def test_a_resumed_run_keeps_its_best_model_until_beaten(tmp_path, caplog):
     best(9, {"accuracy": 0.95}, model=None)
     assert (best.best, best.step) == (0.95, 9)
 
-    (tmp_path / "best" / "metrics.json").write_text("{not json")
-    with caplog.at_level("WARNING"):
-        assert BestModel(tmp_path, "accuracy", tokenizer=None, is_main=False).best is None
-    assert "metrics.json is unreadable" in caplog.text
+    for unreadable in ("{not json", "[0.9]", "null"):
+        (tmp_path / "best" / "metrics.json").write_text(unreadable)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert BestModel(tmp_path, "accuracy", tokenizer=None, is_main=False).best is None
+        assert "metrics.json is unreadable" in caplog.text
 
 
 def test_finetune_config_errors(tmp_path):
