@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from pretrain.data import next_token_labels, padding_id
-from pretrain.errors import ConfigError
+from pretrain.errors import ConfigError, DataError
 from pretrain.train import Task
 from pretrain.train.checkpoints import load_pretrained
 
@@ -43,14 +43,14 @@ def _label_index(value: Any, choices: list[str]) -> int | None:
 
 def examples_from_rows(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, where: str) -> list[ChoiceExample]:
     if not rows:
-        raise ValueError(f"{where} has no examples")
+        raise DataError(f"{where} has no examples")
     examples: list[ChoiceExample] = []
     for number, row in enumerate(rows, start=1):
         needed = [cfg.context_column, cfg.label_column] + (cfg.choice_columns or [cfg.choices_column or "choices"])
         needed += [cfg.question_column] if cfg.question_column else []
         missing = [c for c in needed if c not in row]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"{where}, row {number}: no column {missing[0]!r} (columns: {sorted(row)}); set data.context_column, "
                 "data.question_column, data.choices_column / data.choice_columns or data.label_column"
             )
@@ -59,21 +59,21 @@ def examples_from_rows(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, wher
         else:
             value = row[cfg.choices_column]
             if not isinstance(value, (list, tuple)):
-                raise ValueError(f"{where}, row {number}: {cfg.choices_column!r} is not a list of choices")
+                raise DataError(f"{where}, row {number}: {cfg.choices_column!r} is not a list of choices")
             choices = [str(c) for c in value]
         if cfg.question_column:
             question = str(row[cfg.question_column])
             choices = [f"{question} {c}".strip() for c in choices]
         if examples and len(choices) != len(examples[0].choices):
-            raise ValueError(
+            raise DataError(
                 f"{where}, row {number}: {len(choices)} choices where row 1 has {len(examples[0].choices)}; "
                 "every example needs the same number of choices"
             )
         if len(choices) < 2:
-            raise ValueError(f"{where}, row {number}: {len(choices)} choice(s); multiple choice needs at least 2")
+            raise DataError(f"{where}, row {number}: {len(choices)} choice(s); multiple choice needs at least 2")
         label = _label_index(row[cfg.label_column], choices)
         if label is None:
-            raise ValueError(
+            raise DataError(
                 f"{where}, row {number}: label {row[cfg.label_column]!r} is outside the choices "
                 f"(an index 0..{len(choices) - 1} or one of the choices' texts)"
             )

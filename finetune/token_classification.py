@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pretrain.data import pad_to_tensor, padding_id
-from pretrain.errors import ConfigError
+from pretrain.errors import ConfigError, DataError
 from pretrain.model import IGNORE_INDEX
 from pretrain.train import Task
 from pretrain.train.checkpoints import load_pretrained
@@ -56,17 +56,22 @@ def read_conll(path: str, column: int = -1) -> list[Sentence]:
         if n_fields is None:
             n_fields, first_line = len(fields), number
         index = column if column >= 0 else len(fields) + column
-        if len(fields) != n_fields or not 0 < index < len(fields):
-            raise ValueError(
+        if len(fields) != n_fields:
+            raise DataError(
                 f"{file}, line {number}: {line.strip()!r} has {len(fields)} fields where line {first_line} has "
-                f"{n_fields}; a tag is missing (tags are read from column {column}, data.conll_column)"
+                f"{n_fields}; every line needs the same columns (`word ... tag`): a field is missing or extra"
+            )
+        if not 0 < index < len(fields):
+            has = "words only, no tag column" if len(fields) == 1 else f"tag columns 1..{len(fields) - 1} or -1"
+            raise DataError(
+                f"{file}: data.conll_column={column} is not a tag column of its {len(fields)}-field lines ({has})"
             )
         words.append(fields[0])
         tags.append(fields[index])
     if words:
         sentences.append(Sentence(words, tags))
     if not sentences:
-        raise ValueError(f"{file} has no sentences (expected `word ... tag` lines, blank lines between sentences)")
+        raise DataError(f"{file} has no sentences (expected `word ... tag` lines, blank lines between sentences)")
     return sentences
 
 
@@ -77,19 +82,22 @@ def sentences_from_rows(
     sentences = []
     for number, row in enumerate(rows, start=1):
         if "tokens" not in row or tags_column not in row:
-            raise ValueError(
+            raise DataError(
                 f"{where}, row {number}: needs the columns 'tokens' and {tags_column!r} (has {sorted(row)}); "
                 "set data.tags_column"
             )
+        for column in ("tokens", tags_column):
+            if not isinstance(row[column], list):
+                raise DataError(f"{where}, row {number}: {column!r} is a {type(row[column]).__name__}, not a list")
         words, tags = [str(w) for w in row["tokens"]], list(row[tags_column])
         if len(words) != len(tags):
-            raise ValueError(f"{where}, row {number}: {len(words)} tokens but {len(tags)} tags; a tag is missing")
+            raise DataError(f"{where}, row {number}: {len(words)} tokens but {len(tags)} tags; a tag is missing")
         if any(not isinstance(t, str) for t in tags):
             if not label_names:
                 raise ConfigError(f"{where}, row {number}: tags are indices; list the tag names in data.label_names")
             bad = [t for t in tags if not isinstance(t, int) or not 0 <= t < len(label_names)]
             if bad:
-                raise ValueError(f"{where}, row {number}: tag indices {bad} are outside data.label_names")
+                raise DataError(f"{where}, row {number}: tag indices {bad} are outside data.label_names")
             tags = [label_names[t] for t in tags]
         if words:
             sentences.append(Sentence(words, tags))
@@ -135,7 +143,7 @@ def tag_vocabulary(
 def check_tags(sentences: list[Sentence], labels: list[str], where: str) -> None:
     unseen = sorted({t for s in sentences for t in s.tags} - set(labels))
     if unseen:
-        raise ValueError(
+        raise DataError(
             f"{where} has tags {unseen[:10]} that the training data does not have (tags: {labels}); "
             "fix the data or list every tag in data.label_names"
         )

@@ -17,6 +17,7 @@ from finetune.run import run_finetune
 from pretrain import BertPretraining, save_hf
 from pretrain.config import ConfigError, TrainConfig
 from pretrain.data import next_token_labels
+from pretrain.errors import DataError
 from pretrain.model import MultipleChoice, SequenceClassifier
 from pretrain.tokenizer import train_tokenizer
 from pretrain.train.checkpoints import load_model_dir, save_model_dir
@@ -115,7 +116,7 @@ def test_bad_rows_name_file_and_row(tmp_path):
         f.write_text("".join(json.dumps(r) + "\n" for r in (good, *extra)))
         return read_rows(str(f))
 
-    with pytest.raises(ValueError, match=r"train.jsonl, row 2: 3 choices where row 1 has 2"):
+    with pytest.raises(DataError, match=r"train.jsonl, row 2: 3 choices where row 1 has 2"):
         mc.examples_from_rows(rows({**good, "choices": ["a", "b", "c"]}), cfg, str(f))
     with pytest.raises(ValueError, match=r"row 2: label 2 is outside the choices \(an index 0..1"):
         mc.examples_from_rows(rows({**good, "label": 2}), cfg, str(f))

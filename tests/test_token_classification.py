@@ -15,6 +15,7 @@ from finetune.config import FinetuneConfig, FinetuneDataConfig, FinetuneModelCon
 from finetune.run import run_finetune
 from pretrain import BertPretraining, CausalLM, load_hf, save_hf
 from pretrain.config import TrainConfig
+from pretrain.errors import DataError
 from pretrain.model import TokenClassifier
 from pretrain.tokenizer import train_tokenizer
 from pretrain.train.checkpoints import load_model_dir, save_model_dir
@@ -82,7 +83,13 @@ def test_read_conll_skips_docstart_and_names_a_missing_tag(tmp_path):
     assert sentences[0].tags == ["O", "B-LOC"]
     assert tc.read_conll(str(f), column=1)[0].tags == ["Art", "N"]
     f.write_text("De Art O\nAmsterdam B-LOC\n")
-    with pytest.raises(ValueError, match=r"ned.train, line 2: 'Amsterdam B-LOC' has 2 fields.*a tag is missing"):
+    with pytest.raises(DataError, match=r"ned.train, line 2: 'Amsterdam B-LOC' has 2 fields.*missing or extra"):
+        tc.read_conll(str(f))
+    f.write_text("De Art O\nAmsterdam N B-LOC\n")  # a column that is not there, or a file of words only
+    with pytest.raises(DataError, match=r"conll_column=5 is not a tag column of its 3-field lines \(tag columns 1..2"):
+        tc.read_conll(str(f), column=5)
+    f.write_text("De\nAmsterdam\n")
+    with pytest.raises(DataError, match=r"not a tag column of its 1-field lines \(words only, no tag column\)"):
         tc.read_conll(str(f))
 
 
@@ -95,7 +102,10 @@ def test_json_rows_and_their_errors(tmp_path):
     f.write_text(
         json.dumps({"tokens": ["a"], "tags": ["O"]}) + "\n" + json.dumps({"tokens": ["a", "b"], "tags": ["O"]})
     )
-    with pytest.raises(ValueError, match=r"train.jsonl, row 2: 2 tokens but 1 tags; a tag is missing"):
+    with pytest.raises(DataError, match=r"train.jsonl, row 2: 2 tokens but 1 tags; a tag is missing"):
+        tc.load_sentences(cfg, str(f), "train")
+    f.write_text(json.dumps({"tokens": ["a", "b"], "tags": "OO"}) + "\n")  # a string is not a list of tags
+    with pytest.raises(DataError, match=r"train.jsonl, row 1: 'tags' is a str, not a list"):
         tc.load_sentences(cfg, str(f), "train")
 
 
