@@ -15,7 +15,17 @@ from pretrain.errors import ConfigError, DataError
 from pretrain.train import Task
 
 from . import multiple_choice as mc
-from .common import Built, Evaluation, capped, jsonl, logits_of, padded_inputs, predict, with_validation
+from .common import (
+    Built,
+    Evaluation,
+    capped,
+    head_matches_labels,
+    jsonl,
+    logits_of,
+    padded_inputs,
+    predict,
+    with_validation,
+)
 from .config import FinetuneConfig, FinetuneDataConfig
 from .files import read_rows
 
@@ -124,28 +134,33 @@ def load_classifier(
     symmetric: bool = False,
 ):
     """A sequence classifier from model.init. A classifier checkpoint with the same number of labels
-    keeps its trained head; one with another number (an MNLI model moved to RTE) gets a fresh head,
-    logged; any other checkpoint gets a fresh head on its trunk. A GPT without a pad token gets the
-    tokenizer's, so its export classifies batches (GPT2ForSequenceClassification needs one). `symmetric`:
-    the GPT paper's similarity head (both orders of a pair, their features added)."""
+    keeps its trained head, its rows in this run's label order (re-initialised, warned, where the
+    checkpoint names other labels: common.head_matches_labels); one with another number (an MNLI
+    model moved to RTE) gets a fresh head, logged; any other checkpoint gets a fresh head on its trunk.
+    A GPT without a pad token gets the tokenizer's, so its export classifies batches
+    (GPT2ForSequenceClassification needs one). `symmetric`: the GPT paper's similarity head (both
+    orders of a pair, their features added)."""
     from pretrain.model import SequenceClassifier
     from pretrain.train.checkpoints import load_pretrained
 
     model = load_pretrained(init)
     if isinstance(model, SequenceClassifier):
-        if model.num_labels == num_labels:
+        if model.num_labels == num_labels and (
+            num_labels == 1 or head_matches_labels(model, model.classifier, labels, init)
+        ):
             log.info("model.init=%s: keeping its trained classifier (%d labels)", init, num_labels)
             model.lm_loss_weight = lm_loss_weight
             model.symmetric = symmetric
             if model.config.causal and lm_loss_weight and not hasattr(model, "lm_head"):
                 model = _reheaded(model, num_labels, lm_loss_weight, keep_classifier=True, symmetric=symmetric)
         else:
-            log.warning(
-                "model.init=%s has a classifier for %d labels; the data has %d: the classifier is re-initialised",
-                init,
-                model.num_labels,
-                num_labels,
-            )
+            if model.num_labels != num_labels:
+                log.warning(
+                    "model.init=%s has a classifier for %d labels; the data has %d: the classifier is re-initialised",
+                    init,
+                    model.num_labels,
+                    num_labels,
+                )
             model = _reheaded(model, num_labels, lm_loss_weight, keep_classifier=False, symmetric=symmetric)
     else:
         model = load_pretrained(
@@ -264,6 +279,12 @@ def build_task(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any) -> Built:
     d = cfg.data
     train_rows, val_rows = _rows(cfg)
     labels = label_vocabulary(train_rows, d)
+    if not d.regression and len(labels) < 2:
+        raise DataError(
+            f"{cfg.files()[0] or 'the train split'}: every training label is {labels[0]!r}; classification needs at "
+            "least two classes: check data.label_column (or data.label_names), or set data.regression=true for a "
+            "numeric target"
+        )
     num_labels = 1 if d.regression else len(labels)
     pad = padding_id(tokenizer)
     model = load_classifier(cfg.model.init, num_labels, cfg.model.lm_loss_weight, labels, pad, d.symmetric)

@@ -5,6 +5,7 @@ Task the shared loop trains. The task modules import this; run.py imports them."
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -12,9 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from pretrain.data import pad_to_tensor, padding_mask
-from pretrain.errors import ConfigError
+from pretrain.errors import ConfigError, DataError
 from pretrain.tokenizer import load_tokenizer
 from pretrain.train import Task
 from pretrain.train.checkpoints import resolve_run_dir
@@ -25,6 +27,8 @@ from .config import FinetuneConfig
 # (metrics, (predictions file name, its content))) and the metric that picks the best model.
 FinalEval = Callable[[Any, Any], tuple[dict[str, float], tuple[str, str]]]
 Built = tuple[Task, FinalEval, str]
+
+log = logging.getLogger(__name__)
 
 
 def find_tokenizer(init: str) -> Any:
@@ -37,6 +41,34 @@ def find_tokenizer(init: str) -> Any:
     if path.exists():
         raise FileNotFoundError(f"no tokenizer found with model.init={init}; pass model.tokenizer=<directory>")
     return load_tokenizer(init)
+
+
+def head_matches_labels(model: Any, head: nn.Linear, labels: list[str], init: str) -> bool:
+    """Whether a classification head trained elsewhere (model.init) can serve this run's labels, made
+    to agree with their order. The checkpoint's label names (`id2label`) in another order: the head's
+    rows are permuted to this run's order. Labels "0".."n-1" of this data are read as the checkpoint's
+    indices; Hugging Face's placeholder names (LABEL_0, ...) or none say nothing: kept as they are.
+    Other names: False, and the caller re-initialises the head (warned): its scores mean other classes."""
+    old = [str(name) for _, name in sorted((getattr(model, "id2label", None) or {}).items())]
+    placeholder = all(name == f"LABEL_{i}" for i, name in enumerate(old))
+    if not old or old == labels or placeholder or labels == [str(i) for i in range(len(labels))]:
+        return True
+    if sorted(old) != sorted(labels):
+        log.warning(
+            "model.init=%s was trained for the labels %s, this data has %s: its classifier is re-initialised "
+            "(if they are the same classes, name them as the checkpoint does)",
+            init,
+            old,
+            labels,
+        )
+        return False
+    order = [old.index(name) for name in labels]
+    with torch.no_grad():
+        head.weight.copy_(head.weight[order])
+        if head.bias is not None:
+            head.bias.copy_(head.bias[order])
+    log.info("model.init=%s: its classifier's labels %s reordered to this run's %s", init, old, labels)
+    return True
 
 
 def set_dropout(model: torch.nn.Module, p: float) -> None:
@@ -62,7 +94,14 @@ def subset(items: list, n: int | None, seed: int | None) -> list:
 def holdout(items: list, fraction: float, seed: int, group: Callable[[Any], str] | None = None) -> tuple[list, list]:
     """Split one file in two: by group (SQuAD articles) so no context is in both, else by item."""
     keys = sorted({group(x) for x in items}) if group else list(range(len(items)))
-    held = set(random.Random(seed).sample(keys, max(1, round(len(keys) * fraction))))
+    n_held = max(1, round(len(keys) * fraction))
+    if n_held >= len(keys):
+        what = "group(s) (SQuAD articles, by title)" if group else "example(s)"
+        raise DataError(
+            f"data.holdout_fraction={fraction}: the training data has {len(keys)} {what}; holding out {n_held} for "
+            "validation leaves none to train on; give data.validation=<file> or more training data"
+        )
+    held = set(random.Random(seed).sample(keys, n_held))
     if group:
         return [x for x in items if group(x) not in held], [x for x in items if group(x) in held]
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]

@@ -123,6 +123,21 @@ def check_answers(examples: list[QAExample], where: str) -> tuple[list[QAExample
     return kept, bad
 
 
+def check_evaluation_set(examples: list[QAExample], where: str, version_2: bool) -> None:
+    """Before training: the questions the evaluation scores. Its predictions and gold answers are keyed
+    by question id, so an id may appear once; SQuAD 1.1 scoring has no unanswerable question."""
+    seen: set[str] = set()
+    for ex in examples:
+        if ex.id in seen:
+            raise DataError(f"{where}: the question id {ex.id!r} appears more than once; SQuAD ids must be unique")
+        seen.add(ex.id)
+        if not version_2 and not ex.answers:
+            raise ConfigError(
+                f"{where}: question {ex.id!r} has no answer (SQuAD 2.0 style); set data.version_2=true, "
+                "or give every question an answer"
+            )
+
+
 def windows(tokenizer: Any, examples: list[QAExample], cfg: FinetuneDataConfig, training: bool) -> list[dict[str, Any]]:
     """Question + context windows of data.max_length, neighbours sharing data.doc_stride tokens.
 
@@ -226,13 +241,14 @@ def build_task(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any) -> Built:
         cfg,
         load(train_file, d.train_split),
         lambda: load(validation_file, d.validation_split),
-        group=lambda x: x.title,
+        group=lambda x: x.title or x.context,  # an article, or a context where titles are missing
         hub_holdout=False,
     )
     train_examples, skipped = check_answers(train_examples, train_file or "the training split")
     if not d.version_2 and any(not ex.answers for ex in train_examples):
         raise ConfigError("the training data has unanswerable questions (SQuAD 2.0): set data.version_2=true")
     train_examples, val_examples = capped(cfg, train_examples, val_examples)
+    check_evaluation_set(val_examples, validation_file or "the validation split", d.version_2)
 
     model = load_pretrained(cfg.model.init, head="qa")
     if model.config.causal:

@@ -20,7 +20,7 @@ from pretrain.train import Task
 from pretrain.train.checkpoints import load_pretrained
 
 from . import conlleval
-from .common import Built, Evaluation, capped, padded_inputs, predict, with_validation
+from .common import Built, Evaluation, capped, head_matches_labels, padded_inputs, predict, with_validation
 from .config import FinetuneConfig, FinetuneDataConfig
 from .files import read_rows
 
@@ -278,6 +278,8 @@ def build_task(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any) -> Built:
     check_tags(val_sentences, labels, validation_file or d.validation_split)
 
     model = load_pretrained(cfg.model.init, head="token_classification", num_labels=len(labels))
+    if not head_matches_labels(model, model.classifier, labels, cfg.model.init):
+        model._init_heads(model.classifier)
     model.id2label = dict(enumerate(labels))
     causal = model.config.causal
     train_features = windows(tokenizer, train_sentences, labels, d, causal)

@@ -16,6 +16,7 @@ from finetune.run import run_finetune
 from finetune.squad_metric import f1, normalize_answer, squad_scores
 from pretrain import BertPretraining, CausalLM, save_hf
 from pretrain.config import ConfigError, TrainConfig
+from pretrain.errors import DataError
 from pretrain.tokenizer import train_tokenizer
 from pretrain.train.checkpoints import save_model_dir
 
@@ -316,6 +317,70 @@ def test_missing_label_column_and_unseen_labels(tmp_path, tiny_bert_checkpoint):
     cfg = finetune_config(tmp_path, tiny_bert_checkpoint, train_file, dev_file)
     with pytest.raises(ValueError, match=r"labels \['7'\] that the training data does not have"):
         run_finetune(cfg)
+
+
+def test_a_single_class_is_refused_not_read_as_regression(tmp_path, tiny_bert_checkpoint):
+    """num_labels=1 means regression in the model: one class in the data used to train one silently."""
+    train_file, dev_file = sentiment_files(tmp_path)
+    one_class = [line for line in train_file.read_text().splitlines() if not line.endswith("\t0")]
+    train_file.write_text("\n".join(one_class) + "\n")
+    cfg = finetune_config(tmp_path, tiny_bert_checkpoint, train_file, dev_file)
+    with pytest.raises(DataError, match=r"train.tsv: every training label is '1'; classification needs at least two"):
+        run_finetune(cfg)
+
+
+def test_a_trained_head_follows_this_runs_label_order(caplog):
+    """A classifier from model.init whose labels are named in another order has its rows permuted (it
+    used to keep them, so every prediction was flipped); other names re-initialise it; indices and
+    Hugging Face's placeholder names keep it as it is."""
+    from finetune.common import head_matches_labels
+    from pretrain.model import SequenceClassifier
+
+    model = SequenceClassifier(tiny_config(), num_labels=3)
+    head = model.classifier
+    weight, bias = head.weight.detach().clone(), head.bias.detach().clone()
+    model.id2label = {0: "neg", 1: "neu", 2: "pos"}
+    assert head_matches_labels(model, head, ["neg", "neu", "pos"], "ckpt")
+    assert torch.equal(head.weight, weight)
+    with caplog.at_level("INFO", logger="finetune.common"):
+        assert head_matches_labels(model, head, ["pos", "neg", "neu"], "ckpt")
+    assert "reordered" in caplog.text
+    assert torch.equal(head.weight, weight[[2, 0, 1]]) and torch.equal(head.bias, bias[[2, 0, 1]])
+    x = torch.randn(4, 32)
+    model.id2label = {0: "pos", 1: "neg", 2: "neu"}
+    assert head_matches_labels(model, head, ["neg", "neu", "pos"], "ckpt")  # and back: the same scores per name
+    assert torch.allclose(head(x), x @ weight.t() + bias)
+    assert not head_matches_labels(model, head, ["a", "b", "c"], "ckpt")
+    for names, labels in (
+        ({0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}, ["x", "y", "z"]),
+        (model.id2label, ["0", "1", "2"]),
+    ):
+        model.id2label = names
+        assert head_matches_labels(model, head, labels, "ckpt") and torch.allclose(head(x), x @ weight.t() + bias)
+
+
+def test_holdout_that_leaves_nothing_to_train_on_is_refused():
+    from finetune.common import holdout
+
+    train, val = holdout(list(range(10)), 0.2, seed=0)
+    assert len(train) == 8 and len(val) == 2
+    with pytest.raises(DataError, match=r"holdout_fraction=0.5: the training data has 1 example\(s\); holding out 1"):
+        holdout([0], 0.5, seed=0)
+    with pytest.raises(DataError, match=r"has 1 group\(s\) \(SQuAD articles, by title\).*leaves none to train on"):
+        holdout(["a", "b"], 0.2, seed=0, group=lambda x: "")
+
+
+def test_squad_evaluation_set_checked_before_training():
+    """Scores are keyed by question id and v1.1 scoring has no unanswerable question: both used to
+    surface after training (a shrunken evaluation; a traceback at the first evaluation)."""
+    ok = qa.QAExample("q1", "t", "where?", "in paris", ["paris"], [3])
+    qa.check_evaluation_set([ok], "dev.json", version_2=False)
+    with pytest.raises(DataError, match="dev.json: the question id 'q1' appears more than once"):
+        qa.check_evaluation_set([ok, ok], "dev.json", version_2=False)
+    unanswerable = qa.QAExample("q2", "t", "why?", "in paris", [], [])
+    with pytest.raises(ConfigError, match=r"dev.json: question 'q2' has no answer.*data.version_2=true"):
+        qa.check_evaluation_set([ok, unanswerable], "dev.json", version_2=False)
+    qa.check_evaluation_set([ok, unanswerable], "dev.json", version_2=True)
 
 
 def test_a_resumed_run_keeps_its_best_model_until_beaten(tmp_path, caplog):
