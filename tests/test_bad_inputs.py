@@ -85,6 +85,23 @@ def test_pretrain_config_errors(tmp_path, override, words):
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing written: not hydra's runs/, not the output"
 
 
+@pytest.mark.parametrize(
+    "name, content, words",
+    [
+        ("empty.txt", b"", ["empty.txt is empty", "remove it from data.paths"]),
+        ("blank.txt", b"\n  \n\t\n", ["the corpus is empty", "check data.paths"]),
+        ("latin.txt", "caf\u00e9 au lait\n".encode("latin-1"), ["latin.txt is not valid UTF-8", "iconv"]),
+        ("rows.jsonl", b'{"text": "a cat"}\n{"text": \n', ["rows.jsonl line 2 is not valid JSON", "fix or remove it"]),
+    ],
+)
+@pytest.mark.slow  # a process start per case
+def test_pretrain_corpus_errors(tmp_path, name, content, words):
+    """Corpus errors found while reading the data are user errors too (they were tracebacks)."""
+    (tmp_path / name).write_bytes(content)
+    args = ["data=text", f"data.paths=[{tmp_path / name}]", "train.max_steps=1", f"train.output_dir={tmp_path / 'o'}"]
+    assert_user_error(*run(args, tmp_path, "pretrain"), *words)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is real on a GPU")
 @pytest.mark.slow  # a process start per case
 def test_pretrain_fp16_on_cpu_is_refused(tmp_path):

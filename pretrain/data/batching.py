@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import DataError
+
 
 def example_seed(seed: int, epoch: int, index: int) -> int:
     """Masking of an example depends only on (seed, epoch, index): exact resume, and the same masks
@@ -49,7 +51,7 @@ class BatchPlan:
         step_batch_size: int | None = None,
     ):
         if num_examples < global_batch_size:
-            raise ValueError(
+            raise DataError(
                 f"only {num_examples} training examples for a global batch of {global_batch_size}; "
                 "use more data or a smaller train.batch_size"
             )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..config import DataConfig, HubSource
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def resolve_files(paths: Iterable[str]) -> list[Path]:
             raise FileNotFoundError(f"data file {path} does not exist; check data.paths")
     for f in files:
         if f.stat().st_size == 0:
-            raise ValueError(f"data file {f} is empty; remove it from data.paths")
+            raise DataError(f"data file {f} is empty; remove it from data.paths")
     return files
 
 
@@ -83,7 +83,7 @@ def decoded_lines(path: Path) -> Iterator[tuple[str, int]]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 where = "of the decompressed text" if path.suffix.lower() == ".gz" else ""
-                raise ValueError(
+                raise DataError(
                     f"data file {path} is not valid UTF-8 (byte {offset + e.start}{' ' + where if where else ''}); "
                     "re-encode it, e.g. iconv -f latin1 -t utf-8"
                 ) from None
@@ -218,7 +218,7 @@ def _json_line(line: str, path: Path, number: int) -> dict:
     try:
         return json.loads(line)
     except json.JSONDecodeError as e:
-        raise ValueError(f"data file {path} line {number} is not valid JSON ({e.msg}); fix or remove it") from None
+        raise DataError(f"data file {path} line {number} is not valid JSON ({e.msg}); fix or remove it") from None
 
 
 def _column(record: Any, column: str, path: Path) -> str:
@@ -314,7 +314,7 @@ def load_documents(cfg: DataConfig) -> list[dict[str, str]]:
     """All documents as rows {"text": ...}: for small corpora and tests; training streams them."""
     docs = [{"text": d.text} for d in iter_documents(cfg)]
     if not docs:
-        raise ValueError("the corpus is empty: no non-blank document was found in the data; check data.paths")
+        raise DataError("the corpus is empty: no non-blank document was found in the data; check data.paths")
     return docs
 
 

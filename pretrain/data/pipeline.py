@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig
+from ..errors import DataError
 from .bert_pairs import BertExamples, prepare_pairs
 from .blocks import PackedBlocks
 from .shards import TokenSplit, prepare_tokens
@@ -43,5 +44,5 @@ def build_pretraining_data(cfg: DataConfig, tokenizer: Any, family: str, nsp: bo
         else:
             splits[name] = PackedBlocks(split.tokens, cfg.max_length)
     if len(splits["train"]) == 0:
-        raise ValueError("the train split produced no examples; the corpus is too small for data.max_length")
+        raise DataError("the train split produced no examples; the corpus is too small for data.max_length")
     return PretrainingData(splits["train"], splits["validation"], meta["unigram_entropy"], tokens_dir)

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..config import DataConfig
+from ..errors import DataError
 from .corpus import iter_documents, split_sentences
 from .sampling import corpus_bytes, corpus_stamp, cpu_count
 
@@ -273,7 +274,7 @@ def _blocks(cfg: DataConfig) -> Iterator[tuple[list[str], list[str], int]]:
             n_val = 1
         n_val = max(0, min(len(block), n_val))
         if last and n_val > 0 and n_docs - held_out - n_val < 1:
-            raise ValueError(
+            raise DataError(
                 f"the corpus has only {n_docs} document(s): too few to hold out {cfg.validation_fraction:.0%} "
                 "for evaluation; add documents (blank line between them) or lower data.validation_fraction"
             )
@@ -289,7 +290,7 @@ def _blocks(cfg: DataConfig) -> Iterator[tuple[list[str], list[str], int]]:
             yield split(False)
             block, nbytes, index = [], 0, index + 1
     if n_docs == 0:
-        raise ValueError("the corpus is empty: no non-blank document was found in the data; check data.paths")
+        raise DataError("the corpus is empty: no non-blank document was found in the data; check data.paths")
     yield split(True)
 
 
@@ -352,7 +353,7 @@ def _write_tokens(cfg: DataConfig, tokenizer: Any, family: str, out: Path) -> No
     entropy = unigram_entropy(counts)
     metas = {name: w.close({"vocab_size": vocab}) for name, w in writers.items()}
     if metas["train"]["tokens"] == 0:
-        raise ValueError("the corpus produced no training tokens; check data.paths and data.text_column")
+        raise DataError("the corpus produced no training tokens; check data.paths and data.text_column")
     (out / "meta.json").write_text(json.dumps({"unigram_entropy": entropy, "splits": metas, "family": family}))
     log.info(
         "prepared %d training tokens (%d documents), %d held-out tokens",
