@@ -67,6 +67,7 @@ class FinetuneConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        require(0 <= self.seed < 2**32, "seed", self.seed, "it must be in [0, 2**32)")
         self.train.validate()
         self.impl.validate()
         if not self.model.init:

@@ -316,6 +316,7 @@ class PretrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        require(0 <= self.seed < 2**32, "seed", self.seed, "it must be in [0, 2**32)")
         self.train.validate()
         self.impl.validate()
         self.model.validate(export=self.train.export)

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 END_OF_TEXT = "<|endoftext|>"
 
@@ -153,7 +155,7 @@ def check_family(tokenizer: Any, family: str) -> None:
     needed = ("cls_token", "sep_token", "mask_token", "pad_token") if family == "bert" else ("eos_token",)
     missing = [n for n in needed if getattr(tokenizer, n, None) is None]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"the tokenizer has no {', '.join(missing)}, which a {family} model needs; "
             f"use a {'WordPiece/BERT' if family == 'bert' else 'GPT-2 style'} tokenizer or let one be trained "
             "(data.tokenizer=null)"

@@ -92,6 +92,9 @@ def test_pretrain_config_errors(tmp_path, override, words):
         ("blank.txt", b"\n  \n\t\n", ["the corpus is empty", "check data.paths"]),
         ("latin.txt", "caf\u00e9 au lait\n".encode("latin-1"), ["latin.txt is not valid UTF-8", "iconv"]),
         ("rows.jsonl", b'{"text": "a cat"}\n{"text": \n', ["rows.jsonl line 2 is not valid JSON", "fix or remove it"]),
+        ("lists.jsonl", b'["a", "b"]\n["c"]\n', ["lists.jsonl is not one JSON array", "one object per line"]),
+        ("text.txt.gz", b"not gzip at all\n", ["text.txt.gz is not a readable gzip file", "re-compress it"]),
+        ("rows.parquet", b"PAR1 not parquet", ["rows.parquet is not a readable Parquet file"]),
     ],
 )
 @pytest.mark.slow  # a process start per case

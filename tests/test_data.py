@@ -26,6 +26,7 @@ from pretrain.data import (
     pack_blocks,
     trained_tokenizer,
 )
+from pretrain.errors import DataError
 from pretrain.tokenizer import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,6 +137,9 @@ def test_batch_plan_starts_anywhere():
     assert len(set(seen)) == 100  # an epoch visits distinct examples
     assert plan.batch(13) == BatchPlan(103, 10, seed=3).batch(13)  # no state: any step is reachable
     assert plan.batch(3)[1] != plan.batch(13)[1]  # a new epoch reshuffles
+    # an optimizer step (micro-batches x accumulation) larger than the data would repeat examples within it
+    with pytest.raises(DataError, match=r"only 20 training examples for an optimizer step of 32 \(train.batch_size"):
+        BatchPlan(20, 8, seed=0, step_batch_size=32)
 
 
 # ----------------------------------------------------------------------------- BERT pairs
@@ -321,6 +325,11 @@ def test_corpus_forms_give_the_same_documents(tmp_path):
     assert texts(format="parquet", paths=[str(tmp_path / "d.parquet")], text_column="body") == docs
     with pytest.raises(ValueError, match="no column 'text'"):
         texts(format="parquet", paths=[str(tmp_path / "d.parquet")])
+    # numbers are text as written in every file type (a parquet int column used to fail on .strip(); 0 vanished)
+    pq.write_table(pa.table({"n": [7, 0, None]}), tmp_path / "n.parquet")
+    (tmp_path / "n.jsonl").write_text('{"n": 7}\n{"n": 0}\n{"n": null}\n')
+    for name, fmt in (("n.parquet", "parquet"), ("n.jsonl", "json")):
+        assert texts(format=fmt, paths=[str(tmp_path / name)], text_column="n") == ["7", "0"]
 
 
 def _hub_dir(root, name, rows):

@@ -186,6 +186,9 @@ def test_bad_inputs_have_clear_errors():
         TransformerConfig(vocab_size=10, hidden_size=32, num_heads=4, position_embedding="alibi")
     with pytest.raises(ValueError, match="unknown keys"):
         TransformerConfig.from_dict({"vocab_size": 10, "hidden": 3})
+    for bad in ({"rope_theta": -1.0}, {"rope_theta": 0}, {"local_rope_theta": float("nan")}):  # NaN losses before
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be a positive number"):
+            tiny_config(position_embedding="rotary", **bad)
     model = Transformer(tiny_config()).eval()  # value checks run outside training (a training forward never syncs)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         model(torch.tensor([[1, 2, 101]]))

@@ -50,10 +50,11 @@ class BatchPlan:
         lengths: Callable[[int], np.ndarray] | None = None,
         step_batch_size: int | None = None,
     ):
-        if num_examples < global_batch_size:
+        needed = max(global_batch_size, step_batch_size or 0)  # an optimizer step sees each example once at most
+        if num_examples < needed:
             raise DataError(
-                f"only {num_examples} training examples for a global batch of {global_batch_size}; "
-                "use more data or a smaller train.batch_size"
+                f"only {num_examples} training examples for an optimizer step of {needed} (train.batch_size x "
+                "processes x train.grad_accum_steps); use more data or a smaller train.batch_size / grad_accum_steps"
             )
         self.num_examples, self.global_batch_size, self.seed, self.shuffle = (
             num_examples,

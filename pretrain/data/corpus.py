@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,14 +79,26 @@ def decoded_lines(path: Path) -> Iterator[tuple[str, int]]:
     """(line, its size in bytes), decoded strictly: a bad byte names the file and its offset."""
     offset = 0
     with _open_binary(path) as f:
-        for raw in f:
+        raws = iter(f)
+        while True:
+            try:
+                raw = next(raws, None)
+            except (OSError, EOFError, zlib.error) as e:  # gzip: not gzip, truncated, corrupt
+                if path.suffix.lower() != ".gz":
+                    raise
+                raise DataError(
+                    f"data file {path} is not a readable gzip file ({e}); re-compress it, or decompress it and "
+                    "drop the .gz suffix"
+                ) from None
+            if raw is None:
+                return
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 where = "of the decompressed text" if path.suffix.lower() == ".gz" else ""
                 raise DataError(
                     f"data file {path} is not valid UTF-8 (byte {offset + e.start}{' ' + where if where else ''}); "
-                    "re-encode it, e.g. iconv -f latin1 -t utf-8"
+                    "re-encode it (e.g. iconv -f latin1 -t utf-8 for Latin-1 text)"
                 ) from None
             offset += len(raw)
             yield line, len(raw)
@@ -204,7 +217,13 @@ def json_rows(path: Path, column: str) -> Iterator[str]:
         return
     if first[0].lstrip().startswith("["):
         rest = "".join(line for line, _ in lines)
-        records = json.loads(first[0] + rest)
+        try:
+            records = json.loads(first[0] + rest)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"data file {path} is not one JSON array ({e.msg}, line {e.lineno}); a .json / .jsonl file holds "
+                f"one object per line ({{{column!r}: ...}}) or one array of such objects"
+            ) from None
         records = records.get("data", records) if isinstance(records, dict) else records
         for r in records:
             yield _column(r, column, path)
@@ -225,19 +244,29 @@ def _column(record: Any, column: str, path: Path) -> str:
     if not isinstance(record, dict) or column not in record:
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise ConfigError(f"{path}: a record has no column {column!r} (it has {keys}); set data.text_column")
-    value = record[column]
+    return _text(record[column])
+
+
+def _text(value: Any) -> str:
+    """A cell as text, the same for every file type: a string as it is, a number as written, null as nothing."""
     return value if isinstance(value, str) else ("" if value is None else str(value))
 
 
 def parquet_rows(path: Path, column: str) -> Iterator[str]:
+    import pyarrow
     import pyarrow.parquet as pq
 
-    f = pq.ParquetFile(path)
+    try:
+        f = pq.ParquetFile(path)
+    except (pyarrow.ArrowException, OSError) as e:
+        raise DataError(
+            f"data file {path} is not a readable Parquet file ({e}); check the file or its suffix"
+        ) from None
     if column not in f.schema_arrow.names:
         raise ConfigError(f"{path} has no column {column!r} (columns: {f.schema_arrow.names}); set data.text_column")
     for batch in f.iter_batches(columns=[column], batch_size=2048):
         for value in batch.column(0).to_pylist():
-            yield value or ""
+            yield _text(value)
 
 
 def hub_rows(source: HubSource) -> Iterator[str]:

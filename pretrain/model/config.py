@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -82,6 +83,10 @@ class TransformerConfig:
             raise ValueError("model config: local_attention is implemented for encoders only (causal=false)")
         if self.global_attn_every_n_layers < 1:
             raise ValueError("model config: global_attn_every_n_layers must be >= 1")
+        for name in ("rope_theta", "local_rope_theta"):  # NaN fails `> 0` too
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise ValueError(f"model config: {name} must be a positive number, got {value!r}")
         if self.positions_skip_padding and self.pad_token_id is None:
             raise ValueError("model config: positions_skip_padding needs a pad_token_id")
         _check_choice("position_embedding", self.position_embedding, ("learned", "sinusoidal", "rotary"))

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import ConfigError
 from ..interop import build_model, head_name, load_hf
 from ..model import MultipleChoice, PretrainedModel, SequenceClassifier, TokenClassifier, Transformer, TransformerConfig
 
@@ -94,7 +95,7 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
     result = model.load_state_dict(state, strict=False)
     missing = set(result.missing_keys) - tied
     if missing or result.unexpected_keys:
-        raise ValueError(
+        raise ConfigError(
             f"{path} does not fit the model: missing {sorted(missing)[:5]}, unexpected {result.unexpected_keys[:5]}; "
             "the checkpoint was written for another model configuration"
         )

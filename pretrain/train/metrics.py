@@ -14,6 +14,7 @@ import torch
 
 from ..budget import TrainClock
 from ..config import TrainConfig
+from ..errors import DataError
 from ..flops import throughput
 from .checkpoints import write_durably
 
@@ -116,7 +117,7 @@ def read_metrics_lines(path: Path) -> list[str]:
             if i == len(lines) - 1:
                 log.warning("%s: the last line is torn (%r), a write cut short; ignoring it", path, line[:60])
                 return lines[:-1]
-            raise ValueError(
+            raise DataError(
                 f"{path} line {i + 1} is not JSON ({line[:60]!r}); remove that line to resume this run"
             ) from None
     return lines

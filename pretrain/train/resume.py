@@ -84,7 +84,7 @@ def choose_checkpoint(
         else:
             chosen, skipped = manager.find_intact([candidate])
             if chosen is None:
-                raise ValueError(f"train.resume={cfg.resume}: {skipped[0]}; pass another checkpoint")
+                raise ConfigError(f"train.resume={cfg.resume}: {skipped[0]}; pass another checkpoint")
         for line in skipped:
             log.warning("checkpoint %s; falling back to the previous one", line)
         if chosen is None:
