@@ -55,22 +55,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--head", default=None, help="export another head than the checkpoint's (e.g. base)")
     args = parser.parse_args(argv)
 
+    from pretrain.errors import PretrainError
+
+    if not args.out_dir.strip():
+        fail("out_dir is empty; give the directory to write the export to")
+    try:
+        export(Path(args.checkpoint).expanduser(), Path(args.out_dir).expanduser(), args.head)
+    except PretrainError as e:  # a damaged checkpoint, an unwritable directory
+        fail(str(e))
+
+
+def export(checkpoint: Path, out_dir: Path, head: str | None) -> None:
     from pretrain import save_hf
-    from pretrain.errors import ConfigError, check_output_dir
+    from pretrain.errors import check_output_dir
     from pretrain.tokenizer import load_tokenizer
     from pretrain.train.checkpoints import load_pretrained
 
-    src = resolve_checkpoint(Path(args.checkpoint).expanduser())
-    meta = json.loads((src / "model.json").read_text())
-    check_head(meta["head"], args.head, bool(meta["config"].get("causal")))
-    out_dir = Path(args.out_dir).expanduser()
+    src = resolve_checkpoint(checkpoint)
+    try:
+        meta = json.loads((src / "model.json").read_text())
+    except ValueError as e:
+        fail(f"{src / 'model.json'} is not valid JSON ({e}); the checkpoint is damaged, export another one")
+    check_head(meta["head"], head, bool(meta["config"].get("causal")))
     if (out_dir / "config.json").exists() or (out_dir / "model.safetensors").exists():
         fail(f"{out_dir} already holds a model; choose another output directory or remove it first")
-    try:
-        check_output_dir("out_dir", out_dir)
-    except ConfigError as e:
-        fail(str(e))
-    model = load_pretrained(src, head=args.head)
+    check_output_dir("out_dir", out_dir)
+    model = load_pretrained(src, head=head)
     tokenizer = load_tokenizer(str(src)) if (src / "tokenizer_config.json").exists() else None
     try:
         out = save_hf(model, out_dir, tokenizer=tokenizer)

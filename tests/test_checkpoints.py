@@ -89,6 +89,33 @@ def test_damaged_latest_checkpoint_resumes_from_the_previous_one(tmp_path, caplo
     assert all(torch.equal(weights[k], again[k]) for k in weights)
 
 
+@pytest.mark.slow  # a tiny in-process training run
+def test_export_and_init_skip_a_truncated_checkpoint(tmp_path, caplog, capsys):
+    """A run whose newest checkpoint was cut short: its directory stands for the previous intact one
+    (warned), the damaged step itself is refused by name; they used to fail inside safetensors."""
+    from pretrain.train.checkpoints import load_pretrained
+    from scripts import export
+
+    cfg = tiny_run(tmp_path)
+    run_pretraining(cfg)
+    out = Path(cfg.train.output_dir)
+    damaged = out / "checkpoints/step-00000006/model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING):
+        export.main([str(out), str(tmp_path / "exported")])
+    assert "step-00000006: model.safetensors has 100 bytes" in caplog.text and "using the one before it" in caplog.text
+    assert "checkpoints/step-00000003 ->" in capsys.readouterr().out
+    assert (tmp_path / "exported/model.safetensors").exists()
+    with pytest.raises(ConfigError, match="step-00000006 is damaged: model.safetensors has 100 bytes"):
+        load_pretrained(out / "checkpoints/step-00000006")
+    with pytest.raises(SystemExit, match="2"):
+        export.main([str(out / "checkpoints/step-00000006"), str(tmp_path / "again")])
+    assert "is damaged" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        export.main([str(out), ""])
+    assert "out_dir is empty" in capsys.readouterr().err
+
+
 @pytest.mark.slow  # tiny in-process training runs
 def test_refused_resume_names_working_values_and_leaves_the_run_alone(tmp_path):
     cfg = tiny_run(tmp_path, max_steps=3)

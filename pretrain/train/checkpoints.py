@@ -107,7 +107,12 @@ def load_model_dir(directory: str | Path) -> PretrainedModel | Transformer:
     meta_file = directory / "model.json"
     if not meta_file.exists():
         raise FileNotFoundError(f"{directory} is not a checkpoint of ours (no model.json)")
-    meta = json.loads(meta_file.read_text())
+    if (directory / MANIFEST).exists() and (problem := verify(directory, deep=False)):
+        raise ConfigError(f"checkpoint {directory} is damaged: {problem}; use an earlier checkpoint of the run")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{meta_file} is not valid JSON ({e}); the checkpoint is damaged, use another") from None
     model = build_model(TransformerConfig.from_dict(meta["config"]), meta["head"], **meta["head_kwargs"])
     if meta.get("id2label"):
         model.id2label = {int(k): v for k, v in meta["id2label"].items()}
@@ -123,10 +128,18 @@ def load_model_dir(directory: str | Path) -> PretrainedModel | Transformer:
 
 
 def resolve_run_dir(path: Path) -> Path:
-    """A run directory (one with checkpoints/) stands for its latest checkpoint; any other path is
+    """A run directory (one with checkpoints/) stands for its newest checkpoint whose files have the
+    sizes its manifest recorded (a truncated newer one is skipped, warned); any other path is
     returned as it is."""
     if (path / "checkpoints").is_dir() and not (path / "model.json").exists():
-        return latest_checkpoint(path / "checkpoints") or path
+        lineage = list_checkpoints(path / "checkpoints")
+        for candidate in reversed(lineage):
+            problem = verify(candidate, deep=False)
+            if problem is None or not (candidate / MANIFEST).exists():
+                return candidate
+            log.warning("checkpoint %s: %s; using the one before it", candidate, problem)
+        if lineage:
+            raise ConfigError(f"{path}: every checkpoint of the run is damaged (the oldest: {problem})")
     return path
 
 
@@ -262,8 +275,9 @@ def write_manifest(directory: Path) -> None:
     write_durably(directory / MANIFEST, json.dumps({"files": entries}, indent=1))
 
 
-def verify(directory: Path) -> str | None:
-    """None when the checkpoint is intact, else what is wrong with it."""
+def verify(directory: Path, deep: bool = True) -> str | None:
+    """None when the checkpoint is intact, else what is wrong with it. `deep=False`: file sizes only
+    (a truncated write), not their sha256."""
     manifest = directory / MANIFEST
     if not manifest.exists():
         return "no manifest.json (written by an older version, or the write did not finish)"
@@ -277,7 +291,7 @@ def verify(directory: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != expected["size"]:
             return f"{name} has {path.stat().st_size} bytes, {expected['size']} were written"
-        if _sha256(path) != expected["sha256"]:
+        if deep and _sha256(path) != expected["sha256"]:
             return f"{name} is corrupt (its sha256 differs from the one written)"
     return None
 
