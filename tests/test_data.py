@@ -269,6 +269,15 @@ def test_gpt_blocks_from_the_shards_equal_naive_packing(tmp_path, gpt_tokenizer)
     assert len(data.train) == len(naive)
     assert all(np.array_equal(data.train[i]["input_ids"], naive[i]) for i in range(len(naive)))
     assert TokenSplit.open(data.tokens_dir / "train").tokens.dtype == np.uint16
+    # a cache damaged after it was written is refused with what to delete (it trained on the remainder before)
+    tokens = data.tokens_dir / "train" / "tokens.bin"
+    size = tokens.stat().st_size
+    tokens.write_bytes(tokens.read_bytes()[: size // 2])
+    with pytest.raises(DataError, match=f"tokens.bin has {size // 2} bytes, {size} were written; delete .*tokens/"):
+        build_pretraining_data(cfg, tok, "gpt")
+    (data.tokens_dir / "meta.json").write_text("{")
+    with pytest.raises(DataError, match="meta.json is not valid JSON"):
+        build_pretraining_data(cfg, tok, "gpt")
     # the unigram baseline from streamed counts equals the entropy of the token column
     counts = np.bincount(np.concatenate(naive), minlength=len(tok)).astype(float)
     p = counts[counts > 0] / counts.sum()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -13,7 +12,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from .bert_pairs import BertExamples, prepare_pairs
 from .blocks import PackedBlocks
-from .shards import TokenSplit, prepare_tokens
+from .shards import TokenSplit, prepare_tokens, read_cache_meta
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ def build_pretraining_data(cfg: DataConfig, tokenizer: Any, family: str, nsp: bo
     """Prepares (or finds in the cache) the token shards and, for BERT, the example ranges; returns
     memory-mapped example sets. A prepared cache is found by a cheap stamp of the corpus files."""
     tokens_dir = prepare_tokens(cfg, tokenizer, family)
-    meta = json.loads((tokens_dir / "meta.json").read_text())
+    meta = read_cache_meta(tokens_dir)
     splits: dict[str, Any] = {}
     for name in ("train", "validation"):
         split = TokenSplit.open(tokens_dir / name)

@@ -105,16 +105,21 @@ class TokenSplit:
 
     @classmethod
     def open(cls, path: Path) -> TokenSplit:
-        meta = json.loads((path / "meta.json").read_text())
+        """The split's arrays, each checked against the length meta.json recorded: a cache damaged after
+        it was written (a truncated file) is refused, not read as a smaller corpus."""
+        meta = read_cache_meta(path)
         arrays = {}
-        for name, dtype in (
-            ("tokens", meta["dtype"]),
-            ("doc_ends", "int64"),
-            ("sentence_ends", "int64"),
-            ("doc_sentence_ends", "int64"),
+        for name, dtype, count in (
+            ("tokens", meta["dtype"], "tokens"),
+            ("doc_ends", "int64", "documents"),
+            ("sentence_ends", "int64", "sentences"),
+            ("doc_sentence_ends", "int64", "documents"),
         ):
             file = path / f"{name}.bin"
             if file.exists():
+                expected = meta[count] * np.dtype(dtype).itemsize
+                if file.stat().st_size != expected:
+                    raise damaged_cache(path, f"{file.name} has {file.stat().st_size} bytes, {expected} were written")
                 arrays[name] = _memmap(file, np.dtype(dtype))
         return cls(**arrays)
 
@@ -129,6 +134,18 @@ class TokenSplit:
         s1 = int(self.doc_sentence_ends[doc])
         start = int(self.sentence_ends[s0 - 1]) if s0 else 0
         return [start, *self.sentence_ends[s0:s1].tolist()]
+
+
+def read_cache_meta(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / "meta.json").read_text())
+    except ValueError as e:
+        raise damaged_cache(path, f"meta.json is not valid JSON ({e})") from None
+
+
+def damaged_cache(path: Path, problem: str) -> DataError:
+    entry = next((p for p in (path, *path.parents) if p.parent.name == "tokens"), path)
+    return DataError(f"the prepared token cache {path} is damaged: {problem}; delete {entry} and run again")
 
 
 def _memmap(file: Path, dtype: np.dtype) -> np.ndarray:
