@@ -131,6 +131,12 @@ def test_refused_resume_names_working_values_and_leaves_the_run_alone(tmp_path):
     )
     assert (out / "config.json").read_text() == config_before
     assert step_dirs(out) == ["step-00000003"]
+    # another model (here a wider one; another family or task alike) is named, not a tensor-size error
+    wider = tiny_run(tmp_path, max_steps=6)
+    wider.model.hidden_size, wider.model.ffn_size = 64, 128
+    with pytest.raises(ConfigError, match=r"it holds another model than this run builds \(hidden_size 32 vs 64; "):
+        run_pretraining(wider)
+    assert step_dirs(out) == ["step-00000003"]
 
 
 @pytest.mark.slow  # tiny in-process training runs

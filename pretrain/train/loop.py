@@ -38,7 +38,14 @@ from .checkpoints import (
 from .host import keep_freed_memory
 from .metrics import MetricsLog, Progress, plot_losses
 from .optim import build_optimizer, learning_rate, log_schedule_change, schedule_settings, set_learning_rate
-from .resume import check_global_batch, check_length_grouping, choose_checkpoint, load_checkpoint, prepare_output_dir
+from .resume import (
+    check_global_batch,
+    check_length_grouping,
+    check_same_model,
+    choose_checkpoint,
+    load_checkpoint,
+    prepare_output_dir,
+)
 from .signals import StopSignals, TrainingStopped
 
 log = logging.getLogger(__name__)
@@ -254,6 +261,7 @@ def start_run(
     state = read_trainer_state(resumed) if resumed is not None else None
     run.clock = TrainClock(cfg.max_minutes)
     if state is not None:
+        check_same_model(resumed, run.unwrapped)
         check_global_batch(resumed, state, cfg, world)
         check_length_grouping(resumed, state, task.lengths is not None)
         load_checkpoint(resumed, state, run, accelerator)

@@ -3,14 +3,23 @@ ones), and the checks that make a resumed run continue the same one (the global 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import TrainConfig
 from ..errors import ConfigError
+from ..model import TransformerConfig
 from . import distributed
-from .checkpoints import CheckpointManager, latest_checkpoint, load_model_weights, resolve_run_dir, set_rng_state
+from .checkpoints import (
+    CheckpointManager,
+    latest_checkpoint,
+    load_model_weights,
+    model_meta,
+    resolve_run_dir,
+    set_rng_state,
+)
 
 if TYPE_CHECKING:
     from .loop import Run
@@ -57,6 +66,29 @@ def check_global_batch(path: Path, state: dict[str, Any], cfg: TrainConfig, worl
             f"train.batch_size={state['batch_size']} x train.grad_accum_steps={state['grad_accum_steps']}), this run "
             f"has {ours} ({world} x {cfg.batch_size} x {cfg.grad_accum_steps}); keep the global batch: "
             f"{working_batches(saved, world)}"
+        )
+
+
+def check_same_model(path: Path, model: Any) -> None:
+    """The checkpoint holds this run's model: the same head and the same structure (dropout and the
+    initialisation scale may change on a resume; nothing that changes a weight's shape or meaning may)."""
+    saved_file = path / "model.json"
+    if not saved_file.exists():  # written before model.json existed: the weights' shapes still decide
+        return
+    saved, ours = json.loads(saved_file.read_text()), model_meta(model)
+    free = {"dropout", "attention_dropout", "init_std"}
+    diffs = [f"head {saved['head']!r} vs {ours['head']!r}"] if saved["head"] != ours["head"] else []
+    for name in ("num_labels", "symmetric"):
+        if saved["head_kwargs"].get(name) != ours["head_kwargs"].get(name):
+            diffs.append(f"{name} {saved['head_kwargs'].get(name)} vs {ours['head_kwargs'].get(name)}")
+    saved_config = TransformerConfig.from_dict(saved["config"]).to_dict()
+    for name, value in ours["config"].items():
+        if name not in free and saved_config.get(name) != value:
+            diffs.append(f"{name} {saved_config.get(name)!r} vs {value!r}")
+    if diffs:
+        raise ConfigError(
+            f"cannot resume {path}: it holds another model than this run builds ({'; '.join(diffs[:4])}: the "
+            "checkpoint's first); resume with the checkpoint's model and task, or choose another train.output_dir"
         )
 
 
