@@ -251,3 +251,19 @@ def test_parallelism_and_working_batch_sizes(monkeypatch):
     assert resolve_parallelism(ImplConfig(), 1) == "single"
     with pytest.raises(ConfigError, match="impl.precision=fp16 is not supported with FSDP"):
         resolve_parallelism(ImplConfig(precision="fp16"), 2)
+
+
+def test_a_resume_on_other_data_is_named(tmp_path, caplog):
+    """A resumed run may change its data, but not silently (a fine-tuning run resumed on another
+    dataset used to continue with no word); speed-only knobs are not a change."""
+    from pretrain.train.resume import log_data_change
+
+    saved = {"data": {"train": "sst2.tsv", "max_length": 64, "num_proc": 2}, "seed": 0}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    same = {"data": {**saved["data"], "num_proc": 8}, "seed": 0}
+    assert log_data_change(tmp_path / "config.json", same, 6) == []
+    other = {"data": {**saved["data"], "train": "imdb.tsv"}, "seed": 1}
+    with caplog.at_level(logging.WARNING):
+        changed = log_data_change(tmp_path / "config.json", other, 6)
+    assert changed == ["data.train: 'sst2.tsv' -> 'imdb.tsv'", "seed: 0 -> 1"]
+    assert "the data changed since the run started" in caplog.text and "from step 6" in caplog.text

@@ -44,6 +44,7 @@ from .resume import (
     check_same_model,
     choose_checkpoint,
     load_checkpoint,
+    log_data_change,
     prepare_output_dir,
 )
 from .signals import StopSignals, TrainingStopped
@@ -271,6 +272,8 @@ def start_run(
         if main:
             log.info("resuming from %s (step %d)", resumed, run.step)
             log_schedule_change(state.get("schedule"), cfg, run.step)
+            if run_config is not None:
+                log_data_change(out / "config.json", run_config, run.step)
     manager.accept(resumed)  # the resume is accepted: now the run's files may change
     if main and run_config is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,31 @@ def check_same_model(path: Path, model: Any) -> None:
         )
 
 
+def log_data_change(run_config_file: Path, run_config: dict[str, Any], step: int) -> list[str]:
+    """Names the data settings (and seed) that differ from the run's config.json: a resume may change
+    them, but a run that silently continues on other data is a mistake more often than a plan."""
+    try:
+        saved = json.loads(run_config_file.read_text())
+    except (OSError, ValueError):
+        return []
+    before, after = saved.get("data") or {}, run_config.get("data") or {}
+    speed_only = {"num_proc", "cache_dir"}
+    changed = [
+        f"data.{k}: {before.get(k)!r} -> {after.get(k)!r}"
+        for k in sorted(after)
+        if k not in speed_only and before.get(k) != after.get(k)
+    ]
+    if saved.get("seed") != run_config.get("seed"):
+        changed.append(f"seed: {saved.get('seed')} -> {run_config.get('seed')}")
+    if changed:
+        log.warning(
+            "the data changed since the run started (%s); it trains on the new data from step %d",
+            ", ".join(changed),
+            step,
+        )
+    return changed
+
+
 def check_length_grouping(path: Path, state: dict[str, Any], grouped: bool) -> None:
     """Length grouping changes which examples make each step: resuming under the other setting would
     train some examples of the epoch twice and others never."""
