@@ -528,3 +528,19 @@ def test_documents_are_split_on_whitespace_only_lines_and_long_single_documents_
     docs = [d.text for d in iter_documents(DataConfig(format="text", paths=[str(spaced), str(one)]))]
     assert docs[:3] == [" = Title = ", " First paragraph.\n Still first.", " Second paragraph."]
     assert [len(d.split("\n")) for d in docs[3:]] == [LINES_PER_PSEUDO_DOCUMENT, LINES_PER_PSEUDO_DOCUMENT, 5]
+
+
+def test_nsp_on_single_sentence_documents_is_warned_about(tmp_path, bert_tokenizer, caplog):
+    """Documents of one sentence give only random-next pairs: NSP then learns nothing (its accuracy of 1.0
+    means nothing), which used to pass without a word."""
+    corpus = tmp_path / "one.txt"
+    corpus.write_text("\n\n".join(line for doc in CORPUS for line in doc.split("\n")) + "\n")
+    cfg = DataConfig(format="text", paths=[str(corpus)], max_length=24, cache_dir=str(tmp_path / "c"))
+    with caplog.at_level("WARNING"):
+        build_pretraining_data(cfg, bert_tokenizer, "bert", nsp=True)
+    assert "100% of the next-sentence pairs are random" in caplog.text and "model.nsp=false" in caplog.text
+    caplog.clear()
+    cfg = DataConfig(format="text", paths=[str(text_corpus(tmp_path))], max_length=24, cache_dir=str(tmp_path / "c"))
+    with caplog.at_level("WARNING"):
+        build_pretraining_data(cfg, bert_tokenizer, "bert", nsp=True)
+    assert "next-sentence pairs are random" not in caplog.text

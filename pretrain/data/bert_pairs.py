@@ -27,6 +27,7 @@ b_start, b_end, label), label 1 meaning B is random (Hugging Face's convention),
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +37,8 @@ import numpy as np
 
 from ..config import DataConfig
 from .shards import TokenSplit, cache_entry, cache_root, key_of
+
+log = logging.getLogger(__name__)
 
 PAIRS_VERSION = "2"  # 2: one pairing per epoch
 NO_PAIR = -1
@@ -133,16 +136,21 @@ def pairing_seed(seed: int, stream: int) -> int:
     return seed * 1_000_003 + stream
 
 
-def build_pairs(split: TokenSplit, cfg: DataConfig, nsp: bool, copies: int, out: Path, epoch: int = 0) -> int:
-    """Writes examples to out/pairs.bin in chunks (memory stays bounded); returns their number."""
-    n = 0
+def build_pairs(
+    split: TokenSplit, cfg: DataConfig, nsp: bool, copies: int, out: Path, epoch: int = 0
+) -> tuple[int, int]:
+    """Writes examples to out/pairs.bin in chunks (memory stays bounded); returns their number and how
+    many of them are NSP's random-next pairs."""
+    n = random_next = 0
     with open(out / "pairs.bin", "wb") as f:
 
         def write(rows: list[tuple[int, ...]]) -> None:
-            nonlocal n
+            nonlocal n, random_next
             if rows:
-                f.write(np.asarray(rows, dtype=np.int64).tobytes())
+                array = np.asarray(rows, dtype=np.int64)
+                f.write(array.tobytes())
                 n += len(rows)
+                random_next += int(array[:, -1].sum()) if nsp else 0
 
         if not nsp:
             rows: list[tuple[int, ...]] = []
@@ -152,7 +160,7 @@ def build_pairs(split: TokenSplit, cfg: DataConfig, nsp: bool, copies: int, out:
                     write(rows)
                     rows = []
             write(rows)
-            return n
+            return n, 0
         n_docs = split.num_documents
         for copy in range(copies):
             rng = random.Random(pairing_seed(cfg.seed, epoch * copies + copy))
@@ -173,7 +181,7 @@ def build_pairs(split: TokenSplit, cfg: DataConfig, nsp: bool, copies: int, out:
                     write(rows)
                     rows = []
             write(rows)
-    return n
+    return n, random_next
 
 
 def prepare_pairs(cfg: DataConfig, tokens_dir: Path, name: str, nsp: bool, epoch: int = 0) -> Path:
@@ -185,8 +193,16 @@ def prepare_pairs(cfg: DataConfig, tokens_dir: Path, name: str, nsp: bool, epoch
     path = cache_root(cfg) / "bert_pairs" / key
     with cache_entry(path) as tmp:
         if tmp is not None:
-            n = build_pairs(TokenSplit.open(tokens_dir / name), cfg, nsp, copies, tmp, epoch)
-            (tmp / "meta.json").write_text(json.dumps({"examples": n, "nsp": nsp, "copies": copies, "epoch": epoch}))
+            n, random_next = build_pairs(TokenSplit.open(tokens_dir / name), cfg, nsp, copies, tmp, epoch)
+            meta = {"examples": n, "nsp": nsp, "copies": copies, "epoch": epoch, "random_next": random_next}
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            if nsp and name == "train" and epoch == 0 and n and random_next > 0.9 * n:
+                log.warning(
+                    "%.0f%% of the next-sentence pairs are random (IsNext needs documents of several sentences; "
+                    "most documents here have one): NSP will learn little; give multi-sentence documents (a blank "
+                    "line between documents) or set model.nsp=false",
+                    100 * random_next / n,
+                )
     return path
 
 
