@@ -49,6 +49,11 @@ class ModelConfig(TransformerConfig):
         """Every model value checked before any data is prepared: the sizes and ranges, the
         architecture as TransformerConfig checks it, and (export=True) that the Hugging Face export
         at the end of the run can express it."""
+        if self.nsp and self.family in ("roberta", "modernbert"):
+            raise ConfigError(
+                f"model.nsp=true with model.family={self.family}: only BERT has a next-sentence head; "
+                "set model.nsp=false"
+            )
         for name in ("hidden_size", "num_layers", "num_heads", "ffn_size", "max_positions"):
             require(getattr(self, name) > 0, f"model.{name}", getattr(self, name), "it must be > 0")
         require(self.segment_vocab_size >= 0, "model.segment_vocab_size", self.segment_vocab_size, "it must be >= 0")
@@ -93,11 +98,6 @@ class ModelConfig(TransformerConfig):
             raise ConfigError(
                 f"model.vocab_size={self.vocab_size} does not match the tokenizer's vocabulary ({vocab}); "
                 "remove model.vocab_size (it follows the tokenizer) or use the matching tokenizer"
-            )
-        if self.nsp and self.family in ("roberta", "modernbert"):
-            raise ConfigError(
-                f"model.nsp=true with model.family={self.family}: only BERT has a next-sentence head; "
-                "set model.nsp=false"
             )
         eos = tokenizer.eos_token_id if self.style == "gpt" else None
         return self._structure(vocab, pad_token_id=tokenizer.pad_token_id, bos_token_id=eos, eos_token_id=eos)
@@ -340,6 +340,11 @@ class PretrainConfig:
             raise ConfigError(f"data.format={self.data.format} needs files: data.paths=[file1,file2]")
         if self.data.format == "hub" and not (self.data.hub_name or self.data.hub_sources):
             raise ConfigError("data.format=hub needs data.hub_name (a `datasets` name such as wikitext)")
+        if self.data.whole_word_mask and self.model.style == "gpt":
+            raise ConfigError(
+                f"data.whole_word_mask=true with model.family={self.model.family}: whole-word masking is for "
+                "masked-LM (BERT-style) models and a causal model masks nothing; remove it"
+            )
         if not 0 < self.data.mlm_probability < 1:
             raise ConfigError("data.mlm_probability must be in (0, 1)")
         if self.data.dupe_factor < 1:

@@ -290,7 +290,7 @@ def test_finetune_classification(tmp_path, family):
 def test_modern_switches_have_clear_errors(tmp_path):
     from conftest import tiny_config
 
-    from pretrain.config import ConfigError, ModelConfig
+    from pretrain.config import ConfigError, DataConfig, ModelConfig, PretrainConfig, model_preset
 
     with pytest.raises(ValueError, match="num_kv_heads \\(3\\) must divide num_heads \\(4\\)"):
         tiny_config(num_kv_heads=3)
@@ -299,8 +299,11 @@ def test_modern_switches_have_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="cannot export to Hugging Face ModernBertForMaskedLM.*'learned'"):
         save_hf(BertPretraining(tiny_config(norm_placement="pre"), nsp=False), tmp_path / "x")
     assert not (tmp_path / "x").exists()
-    with pytest.raises(ConfigError, match="only BERT has a next-sentence head"):
-        ModelConfig(family="roberta", nsp=True).transformer_config(list(range(10)))
+    with pytest.raises(ConfigError, match="only BERT has a next-sentence head"):  # before any data is prepared
+        ModelConfig(family="roberta", nsp=True).validate()
+    gpt = PretrainConfig(model=model_preset("gpt-tiny"), data=DataConfig(whole_word_mask=True))
+    with pytest.raises(ConfigError, match="data.whole_word_mask=true with model.family=gpt: whole-word masking"):
+        gpt.validate()
 
 
 def test_grouped_query_attention_returns_attention_maps_and_rotary_cache_matches_full_pass():
