@@ -441,6 +441,27 @@ def test_utf8_error_names_the_file_and_offset_while_streaming(tmp_path, gpt_toke
     assert not list((tmp_path / "c" / "tokens").glob("*/meta.json")), "nothing half-written is left as a cache"
 
 
+def test_line_ends_and_byte_order_marks_are_read_as_text_mode_reads_them(tmp_path):
+    """Windows (\\r\\n) and old-Mac (\\r) files give the same documents as Unix ones, and a UTF-8 byte-order
+    mark is not text (a \\r reached GPT's tokenizer, a \\r-only file was one document); UTF-16 is named."""
+    unix = "The cat sat.\nIt was warm.\n\nRain fell.\nThe river rose.\n"
+    variants = {
+        "unix.txt": unix.encode(),
+        "windows.txt": unix.replace("\n", "\r\n").encode(),
+        "mac.txt": unix.replace("\n", "\r").encode(),
+        "bom.txt": b"\xef\xbb\xbf" + unix.encode(),
+    }
+    documents = {}
+    for name, content in variants.items():
+        (tmp_path / name).write_bytes(content)
+        documents[name] = [d.text for d in iter_documents(DataConfig(format="text", paths=[str(tmp_path / name)]))]
+    assert documents["unix.txt"] == ["The cat sat.\nIt was warm.", "Rain fell.\nThe river rose."]
+    assert all(docs == documents["unix.txt"] for docs in documents.values()), documents
+    (tmp_path / "wide.txt").write_bytes(unix.encode("utf-16"))
+    with pytest.raises(DataError, match="wide.txt is not valid UTF-8.*iconv -f utf-16 -t utf-8: it is UTF-16"):
+        list(iter_documents(DataConfig(format="text", paths=[str(tmp_path / "wide.txt")])))
+
+
 # ----------------------------------------------------------------------------- the cache
 
 

@@ -76,7 +76,9 @@ def _open_binary(path: Path) -> BinaryIO:
 
 
 def decoded_lines(path: Path) -> Iterator[tuple[str, int]]:
-    """(line, its size in bytes), decoded strictly: a bad byte names the file and its offset."""
+    """(line, its size in bytes), decoded strictly: a bad byte names the file and its offset. Line ends
+    are read as text mode reads them ("\r\n" and a lone "\r" end a line, as "\n"), and a UTF-8
+    byte-order mark is not text: neither reaches the tokenizer."""
     offset = 0
     with _open_binary(path) as f:
         raws = iter(f)
@@ -96,12 +98,21 @@ def decoded_lines(path: Path) -> Iterator[tuple[str, int]]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 where = "of the decompressed text" if path.suffix.lower() == ".gz" else ""
+                utf16 = offset == 0 and raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+                fix = "iconv -f utf-16 -t utf-8: it is UTF-16" if utf16 else "iconv -f latin1 -t utf-8 for Latin-1 text"
                 raise DataError(
                     f"data file {path} is not valid UTF-8 (byte {offset + e.start}{' ' + where if where else ''}); "
-                    "re-encode it (e.g. iconv -f latin1 -t utf-8 for Latin-1 text)"
+                    f"re-encode it (e.g. {fix})"
                 ) from None
+            if offset == 0:
+                line = line.removeprefix("\ufeff")
             offset += len(raw)
-            yield line, len(raw)
+            if "\r" not in line:
+                yield line, len(raw)
+                continue
+            parts = line.replace("\r\n", "\n").replace("\r", "\n").splitlines(keepends=True)
+            for part in parts:  # the bytes shared out, so sizes still add up to the file's
+                yield part, len(raw) // len(parts)
 
 
 def check_text_files(paths: Iterable[str | Path]) -> list[Path]:
