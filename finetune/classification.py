@@ -88,6 +88,8 @@ def check_columns(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, where: st
         label = row[cfg.label_column]
         if label is None or (isinstance(label, str) and not label.strip()):
             raise DataError(f"{at}: the label {cfg.label_column!r} is missing; fix or drop the row")
+        if isinstance(label, float) and label != label and not cfg.regression:  # JSON NaN: not a class
+            raise DataError(f"{at}: the label {cfg.label_column!r} is NaN; fix or drop the row")
         if isinstance(label, (list, dict)):
             raise DataError(f"{at}: the label {cfg.label_column!r} is a {type(label).__name__}, not one label")
         if cfg.regression:
@@ -115,8 +117,9 @@ def encode_labels(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, labels: l
     index = {name: i for i, name in enumerate(labels)}
     unseen = sorted({str(r[cfg.label_column]) for r in rows} - set(index))
     if unseen:
+        source = "data.label_names does not list" if cfg.label_names else "the training data does not have"
         raise DataError(
-            f"{where} has labels {unseen} that the training data does not have (labels: {labels}); "
+            f"{where} has labels {unseen} that {source} (labels: {labels}); "
             "fix the data or list every label in data.label_names"
         )
     return [index[str(r[cfg.label_column])] for r in rows]

@@ -56,8 +56,15 @@ def read_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any
         raise DataError(f"{file} has a header line but no rows; check data.train / data.validation")
     if columns is None:
         header, lines = lines[0], lines[1:]
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise DataError(
+                f"{file}: the header repeats the column(s) {repeated}; rename them (columns are read by name)"
+            )
     else:
         header = columns
+        if lines and lines[0] == list(columns):  # the file has the header data.columns names: not a row
+            lines = lines[1:]
     rows = []
     for number, values in enumerate(lines, start=2 if columns is None else 1):
         if len(values) != len(header):

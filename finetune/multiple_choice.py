@@ -55,12 +55,19 @@ def examples_from_rows(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, wher
                 "data.question_column, data.choices_column / data.choice_columns or data.label_column"
             )
         if cfg.choice_columns:
-            choices = [str(row[c]) for c in cfg.choice_columns]
+            raw_choices = [row[c] for c in cfg.choice_columns]
         else:
-            value = row[cfg.choices_column]
-            if not isinstance(value, (list, tuple)):
+            raw_choices = row[cfg.choices_column]
+            if not isinstance(raw_choices, (list, tuple)):
                 raise DataError(f"{where}, row {number}: {cfg.choices_column!r} is not a list of choices")
-            choices = [str(c) for c in value]
+        texts = {"the context": row[cfg.context_column], **{f"choice {i}": c for i, c in enumerate(raw_choices)}}
+        if cfg.question_column and row[cfg.question_column] is None:  # empty is allowed (HellaSwag's ctx_b)
+            texts["the question"] = None
+        for what, text in texts.items():  # null would become the text "None"
+            if text is None or not str(text).strip():
+                state = "null" if text is None else "empty"
+                raise DataError(f"{where}, row {number}: {what} is {state}; fix or drop the row")
+        choices = [str(c) for c in raw_choices]
         if cfg.question_column:
             question = str(row[cfg.question_column])
             choices = [f"{question} {c}".strip() for c in choices]

@@ -359,6 +359,25 @@ def test_a_trained_head_follows_this_runs_label_order(caplog):
         assert head_matches_labels(model, head, labels, "ckpt") and torch.allclose(head(x), x @ weight.t() + bias)
 
 
+def test_file_rows_headers_and_labels(tmp_path):
+    """A header that data.columns names is not a row (it became a class "label"); a repeated header
+    column and a NaN label are refused; labels outside data.label_names say so."""
+    from finetune.files import read_rows
+
+    f = tmp_path / "rte.tsv"
+    f.write_text("sentence\tlabel\na b\tyes\nc d\tno\n")
+    assert read_rows(str(f), ["sentence", "label"]) == read_rows(str(f))
+    f.write_text("text\ttext\tlabel\na\tb\tyes\n")
+    with pytest.raises(DataError, match=r"rte.tsv: the header repeats the column\(s\) \['text'\]; rename them"):
+        read_rows(str(f))
+    d = FinetuneDataConfig(text_column="sentence")
+    with pytest.raises(DataError, match=r"row 2: the label 'label' is NaN"):
+        cls.check_columns([{"sentence": "a", "label": 1}, {"sentence": "b", "label": float("nan")}], d, "train.json")
+    d = FinetuneDataConfig(label_names=["neg", "pos"])
+    with pytest.raises(DataError, match=r"train.json has labels \['meh'\] that data.label_names does not list"):
+        cls.encode_labels([{"label": "meh"}], d, ["neg", "pos"], "train.json")
+
+
 def test_holdout_that_leaves_nothing_to_train_on_is_refused():
     from finetune.common import holdout
 
