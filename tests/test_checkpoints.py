@@ -195,6 +195,13 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeyp
         run_pretraining(cfg)
     assert step_dirs(cfg.train.output_dir) == ["step-00000003"]  # step 6 was never saved
 
+    poison(monkeypatch, set(range(1, 100)))  # every step, fewer than max_bad_steps: nothing trained, nothing saved
+    cfg = tiny_run(tmp_path / "three", max_steps=3, save_every=3, eval_every=0, export=True)
+    with pytest.raises(FloatingPointError, match=r"every step of the run \(3\) had a non-finite loss"):
+        run_pretraining(cfg)
+    assert not (Path(cfg.train.output_dir) / "export").exists()
+    assert not list((Path(cfg.train.output_dir) / "checkpoints").glob("step-*"))
+
 
 @pytest.mark.slow  # tiny in-process training runs
 def test_sigterm_saves_at_the_step_boundary_and_the_same_command_resumes(tmp_path, monkeypatch):

@@ -173,10 +173,16 @@ def train_step(
     return step_loss, counts
 
 
-def check_skipped_steps(run: Run, cfg: TrainConfig) -> int:
+def check_skipped_steps(run: Run, cfg: TrainConfig, saving: bool = False) -> int:
     """Host read of the non-finite step counters (when logging or saving): stops the run after
-    train.max_bad_steps skipped steps in a row, before anything is saved."""
+    train.max_bad_steps skipped steps in a row, before anything is saved, and refuses to save (or
+    export) a run none of whose steps was applied."""
     total, in_a_row = (int(v) for v in torch.stack([run.skipped, run.skipped_in_a_row]).tolist())
+    if saving and 0 < run.step <= in_a_row:
+        raise FloatingPointError(
+            f"every step of the run ({run.step}) had a non-finite loss or gradient: nothing was trained, so nothing "
+            "is saved. Check the data's targets and the model settings, lower train.lr, or use impl.precision=no"
+        )
     if in_a_row >= cfg.max_bad_steps:
         raise FloatingPointError(
             f"{in_a_row} steps in a row up to step {run.step} had a non-finite loss or gradient (train.max_bad_steps="
@@ -328,7 +334,7 @@ def make_loader(
 
 def save(manager: CheckpointManager, run: Run, cfg: TrainConfig, task: Task, accelerator: Any) -> Path:
     """Collective. Refuses (raises) when the run is in a streak of non-finite steps."""
-    skipped = check_skipped_steps(run, cfg)
+    skipped = check_skipped_steps(run, cfg, saving=True)
     rng_states = _gather(accelerator, rng_state())
 
     def write_main(directory: Path) -> None:
