@@ -334,6 +334,8 @@ def _rows(cfg: FinetuneConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any
     train_rows = load(train_file, d.train_split)
     if d.exclude_ids_file:
         train_rows = exclude_rows(train_rows, d.exclude_ids_file, d.id_columns)
+        if not train_rows:
+            raise DataError(f"data.exclude_ids_file={d.exclude_ids_file} lists every training row; none is left")
     train_rows, val_rows = with_validation(cfg, train_rows, lambda: load(validation_file, d.validation_split))
     return capped(cfg, train_rows, val_rows)
 
