@@ -144,6 +144,12 @@ def load_tokenizer(name_or_path: str) -> Any:
     path = Path(name_or_path)
     if not path.exists() and str(name_or_path).startswith((".", "/", "~")):
         raise FileNotFoundError(f"tokenizer directory {name_or_path} does not exist")
+    files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
+    if path.exists() and not (path.is_dir() and any((path / f).exists() for f in files)):
+        raise ConfigError(
+            f"{name_or_path} is not a tokenizer directory (it holds none of {', '.join(files)}); give the directory "
+            "a tokenizer was saved to (save_pretrained) as data.tokenizer / model.tokenizer"
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(path) if path.exists() else name_or_path)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -295,3 +295,15 @@ def test_squad_metric_versions_follow_the_official_scripts():
     both = {"q1": "Denver Broncos", "q2": "Panthers"}, {"q1": ["the Denver Broncos"], "q2": ["Carolina Panthers"]}
     assert squad_scores(*both, version="1.1")["f1"] == squad_scores(*both, version="2.0")["f1"]
     assert "HasAns_exact" not in squad_scores(*both, version="1.1")
+
+
+def test_a_tokenizer_path_without_a_tokenizer_is_named(tmp_path):
+    """An empty directory or a file as the tokenizer: our message, not transformers' long guess about
+    sentencepiece and tiktoken (or a JSON error)."""
+    from pretrain.config import ConfigError
+    from pretrain.tokenizer import load_tokenizer
+
+    (tmp_path / "notes.txt").write_text("hello")
+    for path in (tmp_path, tmp_path / "notes.txt"):
+        with pytest.raises(ConfigError, match=f"{path} is not a tokenizer directory"):
+            load_tokenizer(str(path))
