@@ -8,6 +8,7 @@ A run's results depend only on `model`, `data`, `train` (minus the speed-only kn
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import types
 import typing
@@ -246,6 +247,15 @@ class TrainConfig:
             raise ConfigError(f"train.max_minutes must be > 0 (or null for no time budget), got {self.max_minutes}")
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise ConfigError(f"train.peak_flops must be > 0 FLOP/s (or null), got {self.peak_flops}")
+        if self.max_minutes is None and self.warmup_steps >= self.max_steps:
+            logging.getLogger(__name__).warning(
+                "train.warmup_steps=%d >= train.max_steps=%d: the learning rate never reaches train.lr=%g "
+                "(it ends at %.3g); lower train.warmup_steps",
+                self.warmup_steps,
+                self.max_steps,
+                self.lr,
+                self.lr * self.max_steps / self.warmup_steps,
+            )
 
 
 @dataclass
@@ -283,8 +293,6 @@ MOVED_KEYS = {("train", name): ("impl", name) for name in ("precision", "compile
 
 
 def _move_keys(values: dict[str, Any]) -> dict[str, Any]:
-    import logging
-
     values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
     for (old_group, name), (new_group, new_name) in MOVED_KEYS.items():
         if isinstance(values.get(old_group), dict) and name in values[old_group]:
