@@ -96,7 +96,7 @@ def holdout(items: list, fraction: float, seed: int, group: Callable[[Any], str]
     keys = sorted({group(x) for x in items}) if group else list(range(len(items)))
     n_held = max(1, round(len(keys) * fraction))
     if n_held >= len(keys):
-        what = "group(s) (SQuAD articles, by title)" if group else "example(s)"
+        what = "group(s) (SQuAD articles)" if group else "example(s)"
         raise DataError(
             f"data.holdout_fraction={fraction}: the training data has {len(keys)} {what}; holding out {n_held} for "
             "validation leaves none to train on; give data.validation=<file> or more training data"

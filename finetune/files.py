@@ -63,10 +63,11 @@ def read_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any
             )
     else:
         header = columns
-        if lines and lines[0] == list(columns):  # the file has the header data.columns names: not a row
-            lines = lines[1:]
+    has_header = columns is None or (lines and lines[0] == list(columns))  # the names data.columns gives: no row
+    if columns is not None and has_header:
+        lines = lines[1:]
     rows = []
-    for number, values in enumerate(lines, start=2 if columns is None else 1):
+    for number, values in enumerate(lines, start=2 if has_header else 1):
         if len(values) != len(header):
             raise DataError(
                 f"{file}, line {number}: {len(values)} fields where the header has {len(header)}"

@@ -63,10 +63,9 @@ def examples_from_rows(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, wher
         texts = {"the context": row[cfg.context_column], **{f"choice {i}": c for i, c in enumerate(raw_choices)}}
         if cfg.question_column and row[cfg.question_column] is None:  # empty is allowed (HellaSwag's ctx_b)
             texts["the question"] = None
-        for what, text in texts.items():  # null would become the text "None"
-            if text is None or not str(text).strip():
-                state = "null" if text is None else "empty"
-                raise DataError(f"{where}, row {number}: {what} is {state}; fix or drop the row")
+        for what, text in texts.items():  # null would become the text "None" (empty text is scored as it is)
+            if text is None:
+                raise DataError(f"{where}, row {number}: {what} is null; fix or drop the row")
         choices = [str(c) for c in raw_choices]
         if cfg.question_column:
             question = str(row[cfg.question_column])

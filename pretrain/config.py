@@ -247,9 +247,9 @@ class TrainConfig:
             raise ConfigError(f"train.max_minutes must be > 0 (or null for no time budget), got {self.max_minutes}")
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise ConfigError(f"train.peak_flops must be > 0 FLOP/s (or null), got {self.peak_flops}")
-        if self.max_minutes is None and self.warmup_steps >= self.max_steps:
+        if self.max_minutes is None and self.warmup_steps > self.max_steps:
             logging.getLogger(__name__).warning(
-                "train.warmup_steps=%d >= train.max_steps=%d: the learning rate never reaches train.lr=%g "
+                "train.warmup_steps=%d > train.max_steps=%d: the learning rate never reaches train.lr=%g "
                 "(it ends at %.3g); lower train.warmup_steps",
                 self.warmup_steps,
                 self.max_steps,

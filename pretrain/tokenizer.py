@@ -144,7 +144,7 @@ def load_tokenizer(name_or_path: str) -> Any:
     path = Path(name_or_path)
     if not path.exists() and str(name_or_path).startswith((".", "/", "~")):
         raise FileNotFoundError(f"tokenizer directory {name_or_path} does not exist")
-    files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
+    files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
     if path.exists() and not (path.is_dir() and any((path / f).exists() for f in files)):
         raise ConfigError(
             f"{name_or_path} is not a tokenizer directory (it holds none of {', '.join(files)}); give the directory "

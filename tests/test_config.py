@@ -111,9 +111,10 @@ def test_a_warmup_longer_than_the_run_is_warned_about(caplog):
 
     with caplog.at_level(logging.WARNING, logger="pretrain.config"):
         TrainConfig(max_steps=3, warmup_steps=100, lr=1e-3).validate()
-    assert "train.warmup_steps=100 >= train.max_steps=3: the learning rate never reaches train.lr=0.001" in caplog.text
+    assert "train.warmup_steps=100 > train.max_steps=3: the learning rate never reaches train.lr=0.001" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="pretrain.config"):
         TrainConfig(max_steps=300, warmup_steps=100).validate()
+        TrainConfig(max_steps=100, warmup_steps=100).validate()  # the last step reaches train.lr
         TrainConfig(max_steps=3, warmup_steps=100, max_minutes=1.0).validate()  # a time budget: its own schedule
     assert "warmup_steps" not in caplog.text

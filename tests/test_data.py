@@ -457,6 +457,11 @@ def test_line_ends_and_byte_order_marks_are_read_as_text_mode_reads_them(tmp_pat
         documents[name] = [d.text for d in iter_documents(DataConfig(format="text", paths=[str(tmp_path / name)]))]
     assert documents["unix.txt"] == ["The cat sat.\nIt was warm.", "Rain fell.\nThe river rose."]
     assert all(docs == documents["unix.txt"] for docs in documents.values()), documents
+    # only \r and \n end lines: a form feed or U+2028 inside a Windows line stays inside it
+    (tmp_path / "ff.txt").write_bytes("page one\x0cpage two\u2028end\r\n".encode())
+    assert [d.text for d in iter_documents(DataConfig(format="text", paths=[str(tmp_path / "ff.txt")]))] == [
+        "page one\x0cpage two\u2028end"
+    ]
     (tmp_path / "wide.txt").write_bytes(unix.encode("utf-16"))
     with pytest.raises(DataError, match="wide.txt is not valid UTF-8.*iconv -f utf-16 -t utf-8: it is UTF-16"):
         list(iter_documents(DataConfig(format="text", paths=[str(tmp_path / "wide.txt")])))

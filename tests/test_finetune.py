@@ -367,6 +367,9 @@ def test_file_rows_headers_and_labels(tmp_path):
     f = tmp_path / "rte.tsv"
     f.write_text("sentence\tlabel\na b\tyes\nc d\tno\n")
     assert read_rows(str(f), ["sentence", "label"]) == read_rows(str(f))
+    f.write_text("sentence\tlabel\na b\tyes\nc d\n")
+    with pytest.raises(DataError, match=r"rte.tsv, line 3: 1 fields where the header has 2"):  # the file's lines
+        read_rows(str(f), ["sentence", "label"])
     f.write_text("text\ttext\tlabel\na\tb\tyes\n")
     with pytest.raises(DataError, match=r"rte.tsv: the header repeats the column\(s\) \['text'\]; rename them"):
         read_rows(str(f))

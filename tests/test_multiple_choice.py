@@ -128,8 +128,8 @@ def test_bad_rows_name_file_and_row(tmp_path):
     # null would have been read as the text "None"
     with pytest.raises(DataError, match=r"train.jsonl, row 2: the context is null; fix or drop the row"):
         mc.examples_from_rows(rows({**good, "context": None}), cfg, str(f))
-    with pytest.raises(DataError, match=r"train.jsonl, row 2: choice 1 is empty"):
-        mc.examples_from_rows(rows({**good, "choices": ["a", " "]}), cfg, str(f))
+    with pytest.raises(DataError, match=r"train.jsonl, row 2: choice 1 is null"):
+        mc.examples_from_rows(rows({**good, "choices": ["a", None]}), cfg, str(f))
     with pytest.raises(ConfigError, match="data.symmetric=true needs task=classification with pairs"):
         FinetuneConfig(
             model=FinetuneModelConfig(init="x"), data=FinetuneDataConfig(train="t", symmetric=True)

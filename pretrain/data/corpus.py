@@ -110,9 +110,11 @@ def decoded_lines(path: Path) -> Iterator[tuple[str, int]]:
             if "\r" not in line:
                 yield line, len(raw)
                 continue
-            parts = line.replace("\r\n", "\n").replace("\r", "\n").splitlines(keepends=True)
-            for part in parts:  # the bytes shared out, so sizes still add up to the file's
-                yield part, len(raw) // len(parts)
+            # only \n ends a line here (str.splitlines would also split at \f, \x85, \u2028, ...)
+            parts = re.findall(r"[^\n]*\n|[^\n]+", line.replace("\r\n", "\n").replace("\r", "\n"))
+            share = len(raw) // len(parts)
+            for i, part in enumerate(parts):  # the bytes shared out: the sizes add up to the file's
+                yield part, share + (len(raw) - share * len(parts) if i == len(parts) - 1 else 0)
 
 
 def check_text_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -252,7 +254,9 @@ def _json_line(line: str, path: Path, number: int) -> dict:
 
 
 def _column(record: Any, column: str, path: Path) -> str:
-    if not isinstance(record, dict) or column not in record:
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: a record is a {type(record).__name__} ({record!r:.40}), not an object with fields")
+    if column not in record:
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise ConfigError(f"{path}: a record has no column {column!r} (it has {keys}); set data.text_column")
     return _text(record[column])

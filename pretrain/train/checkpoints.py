@@ -107,7 +107,7 @@ def load_model_dir(directory: str | Path) -> PretrainedModel | Transformer:
     meta_file = directory / "model.json"
     if not meta_file.exists():
         raise FileNotFoundError(f"{directory} is not a checkpoint of ours (no model.json)")
-    if (directory / MANIFEST).exists() and (problem := verify(directory, deep=False)):
+    if (directory / MANIFEST).exists() and (problem := verify(directory, deep=False, model_only=True)):
         raise ConfigError(f"checkpoint {directory} is damaged: {problem}; use an earlier checkpoint of the run")
     try:
         meta = json.loads(meta_file.read_text())
@@ -134,7 +134,7 @@ def resolve_run_dir(path: Path) -> Path:
     if (path / "checkpoints").is_dir() and not (path / "model.json").exists():
         lineage = list_checkpoints(path / "checkpoints")
         for candidate in reversed(lineage):
-            problem = verify(candidate, deep=False)
+            problem = verify(candidate, deep=False, model_only=True)
             if problem is None or not (candidate / MANIFEST).exists():
                 return candidate
             log.warning("checkpoint %s: %s; using the one before it", candidate, problem)
@@ -275,9 +275,10 @@ def write_manifest(directory: Path) -> None:
     write_durably(directory / MANIFEST, json.dumps({"files": entries}, indent=1))
 
 
-def verify(directory: Path, deep: bool = True) -> str | None:
+def verify(directory: Path, deep: bool = True, model_only: bool = False) -> str | None:
     """None when the checkpoint is intact, else what is wrong with it. `deep=False`: file sizes only
-    (a truncated write), not their sha256."""
+    (a truncated write), not their sha256. `model_only`: only what loading the model reads (model.json
+    and model.safetensors, or state/ where there is no safetensors file), not the optimizer's state."""
     manifest = directory / MANIFEST
     if not manifest.exists():
         return "no manifest.json (written by an older version, or the write did not finish)"
@@ -285,6 +286,9 @@ def verify(directory: Path, deep: bool = True) -> str | None:
         entries = json.loads(manifest.read_text())["files"]
     except (ValueError, KeyError):
         return "manifest.json is unreadable"
+    if model_only:
+        weights = ("model.safetensors",) if "model.safetensors" in entries else ("state/",)
+        entries = {n: e for n, e in entries.items() if n == "model.json" or n.startswith(weights)}
     for name, expected in entries.items():
         path = directory / name
         if not path.exists():

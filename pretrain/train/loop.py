@@ -173,12 +173,12 @@ def train_step(
     return step_loss, counts
 
 
-def check_skipped_steps(run: Run, cfg: TrainConfig, saving: bool = False) -> int:
+def check_skipped_steps(run: Run, cfg: TrainConfig, untrained_refused: bool = False) -> int:
     """Host read of the non-finite step counters (when logging or saving): stops the run after
-    train.max_bad_steps skipped steps in a row, before anything is saved, and refuses to save (or
-    export) a run none of whose steps was applied."""
+    train.max_bad_steps skipped steps in a row, before anything is saved; `untrained_refused`: also
+    when none of the run's steps was applied (its final save and export would be the untrained start)."""
     total, in_a_row = (int(v) for v in torch.stack([run.skipped, run.skipped_in_a_row]).tolist())
-    if saving and 0 < run.step <= in_a_row:
+    if untrained_refused and 0 < run.step <= in_a_row:
         raise FloatingPointError(
             f"every step of the run ({run.step}) had a non-finite loss or gradient: nothing was trained, so nothing "
             "is saved. Check the data's targets and the model settings, lower train.lr, or use impl.precision=no"
@@ -242,7 +242,7 @@ def train(
                 stopping = stop.requested(accelerator, step, cfg.log_every)
                 if (cfg.save_every and step % cfg.save_every == 0) or done or stopping:
                     with run.clock.pause():
-                        save(manager, run, cfg, task, accelerator)
+                        save(manager, run, cfg, task, accelerator, final=done and not stopping)
                 if stopping:
                     if accelerator.is_main_process:
                         log.warning("%s: checkpoint saved at step %d; run the same command to resume", stop.name, step)
@@ -332,9 +332,12 @@ def make_loader(
     )
 
 
-def save(manager: CheckpointManager, run: Run, cfg: TrainConfig, task: Task, accelerator: Any) -> Path:
-    """Collective. Refuses (raises) when the run is in a streak of non-finite steps."""
-    skipped = check_skipped_steps(run, cfg, saving=True)
+def save(
+    manager: CheckpointManager, run: Run, cfg: TrainConfig, task: Task, accelerator: Any, final: bool = False
+) -> Path:
+    """Collective. Refuses (raises) when the run is in a streak of non-finite steps, or, at its end,
+    when none of its steps was applied (fp16's loss scaler skips its first steps by design: not then)."""
+    skipped = check_skipped_steps(run, cfg, untrained_refused=final and accelerator.scaler is None)
     rng_states = _gather(accelerator, rng_state())
 
     def write_main(directory: Path) -> None:

@@ -76,12 +76,15 @@ def check_same_model(path: Path, model: Any) -> None:
     if not saved_file.exists():  # written before model.json existed: the weights' shapes still decide
         return
     saved, ours = json.loads(saved_file.read_text()), model_meta(model)
-    free = {"dropout", "attention_dropout", "init_std"}
+    free = {"dropout", "attention_dropout", "init_std", "pad_vocab_multiple"}  # the padded size is compared
     diffs = [f"head {saved['head']!r} vs {ours['head']!r}"] if saved["head"] != ours["head"] else []
     for name in ("num_labels", "symmetric"):
         if saved["head_kwargs"].get(name) != ours["head_kwargs"].get(name):
             diffs.append(f"{name} {saved['head_kwargs'].get(name)} vs {ours['head_kwargs'].get(name)}")
-    saved_config = TransformerConfig.from_dict(saved["config"]).to_dict()
+    saved_structure = TransformerConfig.from_dict(saved["config"])
+    if saved_structure.padded_vocab_size != model.config.padded_vocab_size:
+        diffs.append(f"embedding rows {saved_structure.padded_vocab_size} vs {model.config.padded_vocab_size}")
+    saved_config = saved_structure.to_dict()
     for name, value in ours["config"].items():
         if name not in free and saved_config.get(name) != value:
             diffs.append(f"{name} {saved_config.get(name)!r} vs {value!r}")
@@ -102,9 +105,9 @@ def log_data_change(run_config_file: Path, run_config: dict[str, Any], step: int
     before, after = saved.get("data") or {}, run_config.get("data") or {}
     speed_only = {"num_proc", "cache_dir"}
     changed = [
-        f"data.{k}: {before.get(k)!r} -> {after.get(k)!r}"
-        for k in sorted(after)
-        if k not in speed_only and before.get(k) != after.get(k)
+        f"data.{k}: {before[k]!r} -> {after[k]!r}"
+        for k in sorted(after.keys() & before.keys())  # a key added since the run started is not a change
+        if k not in speed_only and before[k] != after[k]
     ]
     if saved.get("seed") != run_config.get("seed"):
         changed.append(f"seed: {saved.get('seed')} -> {run_config.get('seed')}")
