@@ -388,7 +388,7 @@ def test_holdout_that_leaves_nothing_to_train_on_is_refused():
     assert len(train) == 8 and len(val) == 2
     with pytest.raises(DataError, match=r"holdout_fraction=0.5: the training data has 1 example\(s\); holding out 1"):
         holdout([0], 0.5, seed=0)
-    with pytest.raises(DataError, match=r"has 1 group\(s\) \(SQuAD articles, by title\).*leaves none to train on"):
+    with pytest.raises(DataError, match=r"has 1 group\(s\) \(SQuAD articles\).*leaves none to train on"):
         holdout(["a", "b"], 0.2, seed=0, group=lambda x: "")
 
 
