@@ -127,8 +127,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad = grad.to(weight.dtype)
                 if need_hidden:
                     grad_hidden[start : start + rows] = grad @ weight
+                h = h.to(grad.dtype)  # under autocast the rows are bf16 and the weight fp32
                 if need_weight and not written:  # half precision: products accumulate in the fp32 zeros
-                    grad_weight += grad.t() @ h.to(grad.dtype)
+                    grad_weight += grad.t() @ h
                 elif need_weight and start == 0:
                     torch.mm(grad.t(), h, out=grad_weight)
                 elif need_weight:
