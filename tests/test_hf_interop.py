@@ -228,3 +228,44 @@ def test_unsupported_inputs(tmp_path):
         load_hf(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_hf(tmp_path / "does-not-exist")
+
+
+def test_damaged_or_foreign_checkpoints_are_named(tmp_path, caplog):
+    """A Hugging Face directory that does not match its config is refused by name (an embedding with fewer
+    rows than vocab_size used to be completed with random rows, silently); another task's head is fresh."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from pretrain.errors import ConfigError
+
+    good = tmp_path / "good"
+    save_hf(CausalLM(tiny_config(causal=True)), good)
+
+    def variant(name, config=None, weights=None, truncate=False):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps(config) if config is not None else (good / "config.json").read_text())
+        state = load_file(str(good / "model.safetensors"))
+        save_file(weights(state) if weights else state, str(d / "model.safetensors"))
+        if truncate:
+            (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:50])
+        return d
+
+    def cut(state):
+        return {**state, "transformer.wte.weight": state["transformer.wte.weight"][:10].contiguous()}
+
+    config = json.loads((good / "config.json").read_text())
+    with pytest.raises(ConfigError, match=r"weights of another shape.*embeddings.word.weight \(10, 32\)"):
+        load_hf(variant("cut", weights=cut))
+    with pytest.raises(ConfigError, match="config.json lacks 'n_embd'"):
+        load_hf(variant("nokey", config={k: v for k, v in config.items() if k != "n_embd"}))
+    with pytest.raises(ConfigError, match="holds a JSON list, not a config object"):
+        load_hf(variant("list", config=[1, 2]))
+    with pytest.raises(ConfigError, match="its weights do not load.*the checkpoint is damaged"):
+        load_hf(variant("short", truncate=True))
+    mc = tmp_path / "mc"  # a multiple-choice head (one score) read as a 3-label classifier: a fresh head
+    transformers.BertForMultipleChoice(BertConfig(**BERT)).save_pretrained(mc)
+    with caplog.at_level(logging.WARNING):
+        model = load_hf(mc, head="classification", num_labels=3)
+    assert model.classifier.weight.shape[0] == 3 and "classifier.weight has shape (1, 32)" in caplog.text

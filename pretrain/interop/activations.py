@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import ConfigError
+
 ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 ACT_FROM_HF = {
     "gelu": "gelu",
@@ -14,5 +16,5 @@ ACT_FROM_HF = {
 
 def activation_from_hf(name: str) -> str:
     if name not in ACT_FROM_HF:
-        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACT_FROM_HF)}")
+        raise ConfigError(f"unsupported activation {name!r}; supported: {sorted(ACT_FROM_HF)}")
     return ACT_FROM_HF[name]

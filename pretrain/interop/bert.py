@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from ..model import BertPretraining, TransformerConfig
 from .activations import ACT_TO_HF, activation_from_hf
 from .base import Adapter, AnyModel, Pair, is_modern, joined, register_family
@@ -74,9 +75,9 @@ class BertAdapter(Adapter):
 
     def config_from_hf(self, hf: dict[str, Any]) -> TransformerConfig:
         if hf.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"unsupported BERT position_embedding_type={hf['position_embedding_type']!r}")
+            raise ConfigError(f"unsupported BERT position_embedding_type={hf['position_embedding_type']!r}")
         if hf.get("is_decoder") or hf.get("add_cross_attention"):
-            raise ValueError("unsupported BERT variant: decoder / cross-attention BERT checkpoints are not supported")
+            raise ConfigError("unsupported BERT variant: decoder / cross-attention BERT checkpoints are not supported")
         return TransformerConfig(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],

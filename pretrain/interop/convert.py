@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..errors import ConfigError
 from ..model import MultipleChoice, SequenceClassifier, TokenClassifier, Transformer, TransformerConfig
 from .base import FAMILIES, HEADS, Adapter, AnyModel, build_model, family_of, head_name, hf_from_ours, ours_from_hf
 
@@ -62,7 +64,7 @@ def hf_adapter(hf: dict[str, Any]) -> Adapter:
     model_type = hf.get("model_type")
     if model_type not in FAMILIES:
         supported = " and ".join(a.description for a in FAMILIES.values())
-        raise ValueError(
+        raise ConfigError(
             f"unsupported architecture: model_type={model_type!r} ({hf.get('architectures')}); "
             f"load_hf supports {supported}"
         )
@@ -122,11 +124,17 @@ def load_hf(src: Any, head: str | None = None, **head_kwargs: Any) -> AnyModel:
     token_classification, multiple_choice) it lacks are initialised fresh and logged."""
     hf_config, state = _read_hf(src)
     adapter = hf_adapter(hf_config)
-    config = adapter.config_from_hf(hf_config)
+    try:
+        config = adapter.config_from_hf(hf_config)
+    except KeyError as e:
+        raise ConfigError(f"{src}: config.json lacks {e}, which a {hf_config.get('model_type')} config has") from None
     arch = (hf_config.get("architectures") or [adapter.architectures["base"]])[0]
     head = head or adapter.head_for(arch)
     if head is None:
-        raise ValueError(f"unsupported architecture {arch!r}; pass head= one of {list(HEADS)}")
+        raise ConfigError(
+            f"unsupported architecture {arch!r}; load it with head= one of {list(HEADS)} (the trunk is kept), "
+            "or fine-tune it with python -m finetune, which picks the task's head"
+        )
     if head in ("classification", "token_classification") and "num_labels" not in head_kwargs:
         head_kwargs["num_labels"] = len(hf_config.get("id2label") or {0: 0, 1: 1})
     model = build_model(config, head, **head_kwargs)
@@ -154,7 +162,7 @@ def load_hf_state_dict(model: AnyModel, state: dict[str, torch.Tensor], source: 
     pooler = ("pooler.weight", "pooler.bias")
     required = [o for o in missing if (o in trunk_names and not o.endswith(pooler)) or o.startswith(required_prefixes)]
     if required:
-        raise ValueError(
+        raise ConfigError(
             f"{source} has no weights for {required[:6]}{' ...' if len(required) > 6 else ''}: "
             f"it lacks the head that {type(model).__name__} needs. Load it with head='base', or with a "
             "fine-tuning head (classification, qa) whose fresh weights are initialised."
@@ -163,7 +171,22 @@ def load_hf_state_dict(model: AnyModel, state: dict[str, torch.Tensor], source: 
     if fresh:
         log.warning("%s: newly initialised (not in the checkpoint): %s", source, fresh)
     current = model.state_dict()
-    ours = {k: _padded_vocab_rows(k, v, current[k]) for k, v in ours.items()}
+    ours = {k: _padded_vocab_rows(k, v, current[k], model.config.vocab_size) for k, v in ours.items()}
+    head_names = {o for o, _, _ in heads}
+    for k in [k for k, v in ours.items() if v.shape != current[k].shape]:
+        if k in head_names and not k.startswith(required_prefixes):  # another task's head (num_labels): fresh
+            shape = tuple(ours.pop(k).shape)
+            log.warning(
+                "%s: %s has shape %s, this head %s: newly initialised", source, k, shape, tuple(current[k].shape)
+            )
+            fresh.append(k)
+    wrong = [
+        f"{k} {tuple(v.shape)} (expected {tuple(current[k].shape)})"
+        for k, v in ours.items()
+        if v.shape != current[k].shape
+    ]
+    if wrong:
+        raise ConfigError(f"{source}: weights of another shape than its config.json says: {', '.join(wrong[:3])}")
     result = model.load_state_dict(ours, strict=False)
     leftover = [k for k in result.missing_keys if k not in fresh and not _is_tied(model, k)]
     if leftover or result.unexpected_keys:
@@ -179,9 +202,10 @@ def _true_vocab_rows(key: str, tensor: torch.Tensor, config: TransformerConfig) 
     return tensor[: config.vocab_size] if key.endswith(VOCAB_ROWS) else tensor
 
 
-def _padded_vocab_rows(key: str, theirs: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-    """Import: a checkpoint's vocab_size rows, completed with the model's own (initialised) padded rows."""
-    if not key.endswith(VOCAB_ROWS) or theirs.size(0) >= current.size(0):
+def _padded_vocab_rows(key: str, theirs: torch.Tensor, current: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Import: a checkpoint's vocab_size rows, completed with the model's own (initialised) padded rows.
+    Any other row count is left as it is (and refused as a shape mismatch): never random real rows."""
+    if not key.endswith(VOCAB_ROWS) or theirs.size(0) != vocab_size or theirs.size(0) >= current.size(0):
         return theirs
     return torch.cat([theirs, current[theirs.size(0) :].to(theirs.dtype)])
 
@@ -207,7 +231,18 @@ def _read_hf(src: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     config_file = path / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{path} has no config.json; is it a Hugging Face checkpoint directory?")
-    return json.loads(config_file.read_text()), read_weights(path)
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{config_file} is not valid JSON ({e}); the checkpoint is damaged") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{config_file} holds a JSON {type(config).__name__}, not a config object")
+    try:
+        return config, read_weights(path)
+    except (SafetensorError, EOFError, RuntimeError) as e:  # a truncated or foreign weights file
+        raise ConfigError(
+            f"{path}: its weights do not load ({type(e).__name__}: {e}); the checkpoint is damaged"
+        ) from None
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

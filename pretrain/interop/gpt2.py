@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..errors import ConfigError
 from ..model import TransformerConfig
 from .activations import ACT_TO_HF, activation_from_hf
 from .base import Adapter, AnyModel, Pair, is_modern, register_family
@@ -63,9 +64,9 @@ class GPT2Adapter(Adapter):
 
     def config_from_hf(self, hf: dict[str, Any]) -> TransformerConfig:
         if hf.get("scale_attn_by_inverse_layer_idx") or not hf.get("scale_attn_weights", True):
-            raise ValueError("unsupported GPT-2 variant: non-standard attention scaling")
+            raise ConfigError("unsupported GPT-2 variant: non-standard attention scaling")
         if hf.get("add_cross_attention"):
-            raise ValueError("unsupported GPT-2 variant: cross-attention")
+            raise ConfigError("unsupported GPT-2 variant: cross-attention")
         return TransformerConfig(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["n_embd"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ConfigError
 from ..model import TransformerConfig
 from .base import Adapter, AnyModel, Pair, is_modern, joined, register_family
 
@@ -65,14 +66,14 @@ class LlamaAdapter(Adapter):
     def config_from_hf(self, hf: dict[str, Any]) -> TransformerConfig:
         rope = hf.get("rope_parameters") or {}
         if rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
-            raise ValueError(f"unsupported Llama RoPE scaling {rope or hf.get('rope_scaling')}; only default RoPE is")
+            raise ConfigError(f"unsupported Llama RoPE scaling {rope or hf.get('rope_scaling')}; only default RoPE is")
         if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
-            raise ValueError("unsupported Llama variant: attention_bias and mlp_bias differ (one bias switch here)")
+            raise ConfigError("unsupported Llama variant: attention_bias and mlp_bias differ (one bias switch here)")
         heads = hf["num_attention_heads"]
         if hf.get("head_dim") not in (None, hf["hidden_size"] // heads):
-            raise ValueError(f"unsupported Llama variant: head_dim={hf['head_dim']} != hidden_size / heads")
+            raise ConfigError(f"unsupported Llama variant: head_dim={hf['head_dim']} != hidden_size / heads")
         if hf.get("hidden_act", "silu") not in ("silu", "gelu"):
-            raise ValueError(f"unsupported Llama activation {hf['hidden_act']!r}; supported: silu, gelu")
+            raise ConfigError(f"unsupported Llama activation {hf['hidden_act']!r}; supported: silu, gelu")
         return TransformerConfig(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],

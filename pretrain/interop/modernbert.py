@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ConfigError
 from ..model import TransformerConfig
 from .activations import ACT_TO_HF, activation_from_hf
 from .base import Adapter, AnyModel, Pair, is_modern, register_family
@@ -91,12 +92,12 @@ class ModernBertAdapter(Adapter):
     def config_from_hf(self, hf: dict[str, Any]) -> TransformerConfig:
         biases = {name: hf.get(name, False) for name in ("norm_bias", "attention_bias", "mlp_bias", "classifier_bias")}
         if len(set(biases.values())) > 1:
-            raise ValueError(f"unsupported ModernBERT variant: bias switches differ {biases} (one bias switch here)")
+            raise ConfigError(f"unsupported ModernBERT variant: bias switches differ {biases} (one bias switch here)")
         if not hf.get("decoder_bias", True):
-            raise ValueError("unsupported ModernBERT variant: decoder_bias=false (our MLM decoder has a bias)")
+            raise ConfigError("unsupported ModernBERT variant: decoder_bias=false (our MLM decoder has a bias)")
         act = hf.get("hidden_activation", "gelu")
         if hf.get("classifier_activation", "gelu") != act:
-            raise ValueError("unsupported ModernBERT variant: classifier_activation differs from hidden_activation")
+            raise ConfigError("unsupported ModernBERT variant: classifier_activation differs from hidden_activation")
         layers = hf["num_hidden_layers"]
         every = hf.get("global_attn_every_n_layers", 3)
         layer_types = hf.get("layer_types") or [SLIDING if i % every else FULL for i in range(layers)]
@@ -104,11 +105,11 @@ class ModernBertAdapter(Adapter):
         full = [i for i, t in enumerate(layer_types) if t == FULL]
         every = 1 if not local else full[1] if len(full) > 1 else layers  # the period of the global layers
         if layer_types != [SLIDING if i % every else FULL for i in range(layers)]:
-            raise ValueError(f"unsupported ModernBERT layer pattern {layer_types}: global layers must be every n-th")
+            raise ConfigError(f"unsupported ModernBERT layer pattern {layer_types}: global layers must be every n-th")
         rope = hf.get("rope_parameters") or {}
         for kind in (FULL, SLIDING):
             if (rope.get(kind) or {}).get("rope_type", "default") != "default":
-                raise ValueError(f"unsupported ModernBERT RoPE scaling {rope[kind]}; only default RoPE is")
+                raise ConfigError(f"unsupported ModernBERT RoPE scaling {rope[kind]}; only default RoPE is")
         global_theta = (rope.get(FULL) or {}).get("rope_theta", hf.get("global_rope_theta", 160000.0))
         local_theta = (rope.get(SLIDING) or {}).get("rope_theta", hf.get("local_rope_theta", 10000.0))
         return TransformerConfig(
