@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from .errors import ConfigError, check_source, require
+from .errors import ConfigError, check_output_dir, check_source, require
 from .model import TransformerConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the hydra YAML
@@ -176,6 +176,8 @@ class DataConfig:
         else:
             check_source("data.tokenizer", self.tokenizer, "tokenizer directory")
         require(self.max_length >= 8, "data.max_length", self.max_length, "it must be >= 8 tokens")
+        if self.cache_dir:
+            check_output_dir("data.cache_dir", self.cache_dir)
         require(0 <= self.short_seq_prob <= 1, "data.short_seq_prob", self.short_seq_prob, "it must be in [0, 1]")
         require(
             0 <= self.validation_fraction < 1,

@@ -213,8 +213,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.fraction = args.fraction or (1 / 3 if bert else 1 / 2)
     args.work = args.work.resolve()
     args.corpus = args.corpus.resolve()
-    if args.work.exists() and any(args.work.iterdir()):
-        parser.error(f"--work {args.work} is not empty; pick a new directory")
+    if args.work.exists() and (not args.work.is_dir() or any(args.work.iterdir())):
+        parser.error(f"--work {args.work} is not an empty directory; pick a new one")
+    if not args.corpus.is_file():
+        parser.error(f"--corpus {args.corpus} is not a file; give one text file (blank lines between documents)")
+    for name in ("batch", "length", "vocab", "eval_every", "eval_examples"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     return args
 
 
@@ -260,4 +265,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from pretrain.hydra_utils import report_and_exit
+
+    try:
+        main()
+    except Exception as e:  # noqa: BLE001 - user errors on one line (status 2), bugs with their traceback
+        report_and_exit(e)

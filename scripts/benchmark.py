@@ -194,6 +194,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--dropout", type=float, default=0.0, help="0: as our presets pretrain")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    for name in ("vocab", "hidden", "layers", "heads", "batch", "length", "steps"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
+    if args.warmup < 0 or not 0 <= args.dropout < 1:
+        parser.error("--warmup must be >= 0 and --dropout in [0, 1)")
+    if args.hidden % args.heads:
+        parser.error(f"--heads {args.heads} must divide --hidden {args.hidden}")
+    positions = 512 if args.family in ("bert", "roberta") else 1024
+    if args.length > positions:
+        parser.error(f"--length {args.length} is longer than the {args.family} models' {positions} positions")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device here; use --device cpu")
 
     torch.manual_seed(0)
     device = torch.device(args.device)

@@ -74,6 +74,7 @@ def ckpts(tmp_path_factory):
         ("model.position_embedding=sinusoidal", ["position_embedding='sinusoidal'", "train.export=false"]),
         ("model.init=runs/no/such/run", ["model.init=runs/no/such/run", "tried the local path"]),
         ("data.tokenizer=./my-tokenizer", ["data.tokenizer=./my-tokenizer", "tried the local path"]),
+        ("data.cache_dir=/proc/no-cache", ["data.cache_dir=/proc/no-cache is not writable"]),
         ("train.lrr=1", ["lrr"]),  # hydra's own error: status 2 too
         ("model=bert-huge", ["bert-huge"]),
     ],

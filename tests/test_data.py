@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.config import DataConfig, HubSource
+from pretrain.config import ConfigError, DataConfig, HubSource
 from pretrain.data import (
     BatchPlan,
     MLMCollator,
@@ -570,3 +570,21 @@ def test_nsp_on_single_sentence_documents_is_warned_about(tmp_path, bert_tokeniz
     with caplog.at_level("WARNING"):
         build_pretraining_data(cfg, bert_tokenizer, "bert", nsp=True)
     assert "next-sentence pairs are random" not in caplog.text
+
+
+def test_local_hub_layout_errors_and_numbers(tmp_path):
+    """A dataset directory laid out like the hub's: numbers are text as in local files (an int column
+    failed on .strip()); a split it lacks names data.hub_split (was datasets' traceback)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repo = tmp_path / "numbers"
+    (repo / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"text": [7, 0, 12]}), repo / "data" / "train-00000-of-00001.parquet")
+    docs = [d.text for d in iter_documents(DataConfig(format="hub", hub_name=str(repo), documents="rows"))]
+    assert docs == ["7", "0", "12"]
+    other = tmp_path / "validation_only"
+    (other / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"text": ["a b c"]}), other / "data" / "validation-00000-of-00001.parquet")
+    with pytest.raises(ConfigError, match=r"validation_only: .*train.*\(data.hub_split, data.hub_config\)"):
+        list(iter_documents(DataConfig(format="hub", hub_name=str(other), documents="rows")))

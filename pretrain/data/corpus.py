@@ -287,15 +287,26 @@ def parquet_rows(path: Path, column: str) -> Iterator[str]:
 def hub_rows(source: HubSource) -> Iterator[str]:
     """A `datasets` name (or a local directory laid out like one), streamed: never downloaded whole."""
     import datasets
+    import pyarrow
 
-    ds = datasets.load_dataset(source.name, source.config, split=source.split, streaming=True)
-    for row in ds:
+    try:
+        ds = datasets.load_dataset(source.name, source.config, split=source.split, streaming=True)
+    except ValueError as e:  # e.g. "Bad split: train. Available splits: [...]"
+        raise ConfigError(f"the data {source.name}: {e} (data.hub_split, data.hub_config)") from None
+    rows = iter(ds)
+    while True:
+        try:
+            row = next(rows, None)
+        except (pyarrow.ArrowException, OSError) as e:  # an empty or damaged data file of a local dataset
+            raise DataError(f"the data {source.name} (split {source.split}) could not be read: {e}") from None
+        if row is None:
+            return
         if source.text_column not in row:
             raise ConfigError(
                 f"the data {source.name} has no column {source.text_column!r} (columns: {sorted(row)}); "
                 "set data.text_column"
             )
-        yield row[source.text_column] or ""
+        yield _text(row[source.text_column])
 
 
 # ----------------------------------------------------------------------------- the corpus
