@@ -269,3 +269,17 @@ def test_damaged_or_foreign_checkpoints_are_named(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         model = load_hf(mc, head="classification", num_labels=3)
     assert model.classifier.weight.shape[0] == 3 and "classifier.weight has shape (1, 32)" in caplog.text
+
+
+def test_save_hf_names_stale_tokenizer_files_and_a_file_target(tmp_path, caplog):
+    """A model saved without a tokenizer over another export would be loaded with that export's
+    tokenizer (a GPT decoding through a BERT vocabulary, silently): said; a file is not a directory."""
+    from pretrain.errors import ConfigError
+
+    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    with caplog.at_level(logging.WARNING):
+        save_hf(CausalLM(tiny_config(causal=True)), tmp_path)
+    assert "keeps tokenizer files written before (vocab.txt)" in caplog.text
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        save_hf(CausalLM(tiny_config(causal=True)), tmp_path / "file")

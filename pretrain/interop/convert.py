@@ -101,6 +101,16 @@ def save_hf(model: AnyModel, out_dir: str | Path, tokenizer: Any = None) -> Path
     """Write config.json + model.safetensors (+ tokenizer files) loadable by `transformers` as is."""
     out = Path(out_dir)
     config = hf_config_dict(model)  # refuses inexpressible configs before anything is written
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a directory; save the model to a directory")
+    stale = [f.name for f in out.glob("*") if f.name in TOKENIZER_FILES] if out.is_dir() and tokenizer is None else []
+    if stale:  # they would be loaded with this model as if they were its tokenizer
+        log.warning(
+            "%s keeps tokenizer files written before (%s), which may not be this model's; pass "
+            "tokenizer= to write its own, or remove them",
+            out,
+            ", ".join(sorted(stale)),
+        )
     out.mkdir(parents=True, exist_ok=True)
     from transformers import AutoConfig
 
@@ -192,6 +202,16 @@ def load_hf_state_dict(model: AnyModel, state: dict[str, torch.Tensor], source: 
     if leftover or result.unexpected_keys:
         raise RuntimeError(f"internal mapping error: missing {leftover}, unexpected {result.unexpected_keys}")
 
+
+TOKENIZER_FILES = {
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "tokenizer.model",
+}
 
 # our tensors with one row per vocabulary entry: config.padded_vocab_size rows here, vocab_size in the export
 VOCAB_ROWS = ("embeddings.word.weight", "mlm_head.decoder.weight", "lm_head.weight")
