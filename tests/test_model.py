@@ -165,8 +165,9 @@ def test_generation_sampling_options_and_stop_token():
     stopped = model.generate(prompt[:1], 10, eos_token_id=stop)
     assert stopped.shape[1] == first + 1 and stopped[0, -1] == stop
     assert torch.equal(stopped[0], greedy[0, : first + 1])
-    # top_k=1 sampling is greedy
+    # top_k=1 sampling is greedy, and so is a vanishing temperature (its logits overflowed to NaN before)
     assert torch.equal(model.generate(prompt, 10, do_sample=True, top_k=1, generator=g), greedy)
+    assert torch.equal(model.generate(prompt, 10, do_sample=True, temperature=1e-45, generator=g), greedy)
 
 
 def test_kv_cache_step_costs_one_position():

@@ -51,7 +51,8 @@ def generate(
 def _pick_next_token(logits, do_sample, temperature, top_k, top_p, generator) -> torch.Tensor:
     if not do_sample or temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    logits = logits.float()  # shifted to a max of 0 first: a tiny temperature then gives -inf, never inf - inf
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
