@@ -8,7 +8,6 @@ pretrain-export <checkpoint> <out>                                  # the same, 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -69,13 +68,10 @@ def export(checkpoint: Path, out_dir: Path, head: str | None) -> None:
     from pretrain import save_hf
     from pretrain.errors import check_output_dir
     from pretrain.tokenizer import load_tokenizer
-    from pretrain.train.checkpoints import load_pretrained
+    from pretrain.train.checkpoints import load_pretrained, read_model_meta
 
     src = resolve_checkpoint(checkpoint)
-    try:
-        meta = json.loads((src / "model.json").read_text())
-    except ValueError as e:
-        fail(f"{src / 'model.json'} is not valid JSON ({e}); the checkpoint is damaged, export another one")
+    meta = read_model_meta(src)
     check_head(meta["head"], head, bool(meta["config"].get("causal")))
     if (out_dir / "config.json").exists() or (out_dir / "model.safetensors").exists():
         fail(f"{out_dir} already holds a model; choose another output directory or remove it first")

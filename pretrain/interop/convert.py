@@ -183,18 +183,15 @@ def load_hf_state_dict(model: AnyModel, state: dict[str, torch.Tensor], source: 
     current = model.state_dict()
     ours = {k: _padded_vocab_rows(k, v, current[k], model.config.vocab_size) for k, v in ours.items()}
     head_names = {o for o, _, _ in heads}
+    wrong = []
     for k in [k for k, v in ours.items() if v.shape != current[k].shape]:
+        shape, expected = tuple(ours[k].shape), tuple(current[k].shape)
         if k in head_names and not k.startswith(required_prefixes):  # another task's head (num_labels): fresh
-            shape = tuple(ours.pop(k).shape)
-            log.warning(
-                "%s: %s has shape %s, this head %s: newly initialised", source, k, shape, tuple(current[k].shape)
-            )
+            del ours[k]
+            log.warning("%s: %s has shape %s, this head %s: newly initialised", source, k, shape, expected)
             fresh.append(k)
-    wrong = [
-        f"{k} {tuple(v.shape)} (expected {tuple(current[k].shape)})"
-        for k, v in ours.items()
-        if v.shape != current[k].shape
-    ]
+        else:
+            wrong.append(f"{k} {shape} (expected {expected})")
     if wrong:
         raise ConfigError(f"{source}: weights of another shape than its config.json says: {', '.join(wrong[:3])}")
     result = model.load_state_dict(ours, strict=False)

@@ -101,6 +101,15 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
         )
 
 
+def read_model_meta(directory: Path) -> dict[str, Any]:
+    """A checkpoint's model.json (model_meta's record): its config, head and head arguments."""
+    meta_file = directory / "model.json"
+    try:
+        return json.loads(meta_file.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{meta_file} is not valid JSON ({e}); the checkpoint is damaged, use another") from None
+
+
 def load_model_dir(directory: str | Path) -> PretrainedModel | Transformer:
     """A model from one of our checkpoint directories."""
     directory = Path(directory)
@@ -109,10 +118,7 @@ def load_model_dir(directory: str | Path) -> PretrainedModel | Transformer:
         raise FileNotFoundError(f"{directory} is not a checkpoint of ours (no model.json)")
     if (directory / MANIFEST).exists() and (problem := verify(directory, deep=False, model_only=True)):
         raise ConfigError(f"checkpoint {directory} is damaged: {problem}; use an earlier checkpoint of the run")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except ValueError as e:
-        raise ConfigError(f"{meta_file} is not valid JSON ({e}); the checkpoint is damaged, use another") from None
+    meta = read_model_meta(directory)
     model = build_model(TransformerConfig.from_dict(meta["config"]), meta["head"], **meta["head_kwargs"])
     if meta.get("id2label"):
         model.id2label = {int(k): v for k, v in meta["id2label"].items()}

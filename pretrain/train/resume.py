@@ -17,6 +17,7 @@ from .checkpoints import (
     latest_checkpoint,
     load_model_weights,
     model_meta,
+    read_model_meta,
     resolve_run_dir,
     set_rng_state,
 )
@@ -72,10 +73,9 @@ def check_global_batch(path: Path, state: dict[str, Any], cfg: TrainConfig, worl
 def check_same_model(path: Path, model: Any) -> None:
     """The checkpoint holds this run's model: the same head and the same structure (dropout and the
     initialisation scale may change on a resume; nothing that changes a weight's shape or meaning may)."""
-    saved_file = path / "model.json"
-    if not saved_file.exists():  # written before model.json existed: the weights' shapes still decide
+    if not (path / "model.json").exists():  # written before model.json existed: the weights' shapes still decide
         return
-    saved, ours = json.loads(saved_file.read_text()), model_meta(model)
+    saved, ours = read_model_meta(path), model_meta(model)
     free = {"dropout", "attention_dropout", "init_std", "pad_vocab_multiple"}  # the padded size is compared
     diffs = [f"head {saved['head']!r} vs {ours['head']!r}"] if saved["head"] != ours["head"] else []
     for name in ("num_labels", "symmetric"):
