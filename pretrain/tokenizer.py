@@ -13,6 +13,15 @@ from .errors import ConfigError
 
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 END_OF_TEXT = "<|endoftext|>"
+# any one of these makes a directory a saved tokenizer's (what AutoTokenizer.from_pretrained reads)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+)
 
 
 def train_tokenizer(texts: Iterable[str], family: str, vocab_size: int, lowercase: bool = True) -> Any:
@@ -144,11 +153,10 @@ def load_tokenizer(name_or_path: str) -> Any:
     path = Path(name_or_path)
     if not path.exists() and str(name_or_path).startswith((".", "/", "~")):
         raise FileNotFoundError(f"tokenizer directory {name_or_path} does not exist")
-    files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
-    if path.exists() and not (path.is_dir() and any((path / f).exists() for f in files)):
+    if path.exists() and not (path.is_dir() and any((path / f).exists() for f in TOKENIZER_FILES)):
         raise ConfigError(
-            f"{name_or_path} is not a tokenizer directory (it holds none of {', '.join(files)}); give the directory "
-            "a tokenizer was saved to (save_pretrained) as data.tokenizer / model.tokenizer"
+            f"{name_or_path} is not a tokenizer directory (it holds none of {', '.join(TOKENIZER_FILES)}); give "
+            "the directory a tokenizer was saved to (save_pretrained) as data.tokenizer / model.tokenizer"
         )
     tokenizer = AutoTokenizer.from_pretrained(str(path) if path.exists() else name_or_path)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:

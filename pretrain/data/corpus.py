@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -80,20 +80,16 @@ def decoded_lines(path: Path) -> Iterator[tuple[str, int]]:
     are read as text mode reads them ("\r\n" and a lone "\r" end a line, as "\n"), and a UTF-8
     byte-order mark is not text: neither reaches the tokenizer."""
     offset = 0
+    gzip_errors = (OSError, EOFError, zlib.error) if path.suffix.lower() == ".gz" else ()  # not gzip, cut short
+
+    def not_gzip(e: Exception) -> DataError:
+        return DataError(
+            f"data file {path} is not a readable gzip file ({e}); re-compress it, or decompress it and drop the "
+            ".gz suffix"
+        )
+
     with _open_binary(path) as f:
-        raws = iter(f)
-        while True:
-            try:
-                raw = next(raws, None)
-            except (OSError, EOFError, zlib.error) as e:  # gzip: not gzip, truncated, corrupt
-                if path.suffix.lower() != ".gz":
-                    raise
-                raise DataError(
-                    f"data file {path} is not a readable gzip file ({e}); re-compress it, or decompress it and "
-                    "drop the .gz suffix"
-                ) from None
-            if raw is None:
-                return
+        for raw in _read_errors_named(f, gzip_errors, not_gzip):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -115,6 +111,21 @@ def decoded_lines(path: Path) -> Iterator[tuple[str, int]]:
             share = len(raw) // len(parts)
             for i, part in enumerate(parts):  # the bytes shared out: the sizes add up to the file's
                 yield part, share + (len(raw) - share * len(parts) if i == len(parts) - 1 else 0)
+
+
+def _read_errors_named(
+    items: Iterable[Any], errors: tuple[type[Exception], ...], error: Callable[[Exception], Exception]
+) -> Iterator[Any]:
+    """`items`, with a read failure of one of `errors` (raised while iterating) replaced by `error(e)`."""
+    it = iter(items)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except errors as e:
+            raise error(e) from None
+        yield item
 
 
 def check_text_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -293,14 +304,11 @@ def hub_rows(source: HubSource) -> Iterator[str]:
         ds = datasets.load_dataset(source.name, source.config, split=source.split, streaming=True)
     except ValueError as e:  # e.g. "Bad split: train. Available splits: [...]"
         raise ConfigError(f"the data {source.name}: {e} (data.hub_split, data.hub_config)") from None
-    rows = iter(ds)
-    while True:
-        try:
-            row = next(rows, None)
-        except (pyarrow.ArrowException, OSError) as e:  # an empty or damaged data file of a local dataset
-            raise DataError(f"the data {source.name} (split {source.split}) could not be read: {e}") from None
-        if row is None:
-            return
+
+    def unreadable(e: Exception) -> DataError:  # an empty or damaged data file of a local dataset
+        return DataError(f"the data {source.name} (split {source.split}) could not be read: {e}")
+
+    for row in _read_errors_named(ds, (pyarrow.ArrowException, OSError), unreadable):
         if source.text_column not in row:
             raise ConfigError(
                 f"the data {source.name} has no column {source.text_column!r} (columns: {sorted(row)}); "

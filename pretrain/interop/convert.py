@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError
 from ..model import MultipleChoice, SequenceClassifier, TokenClassifier, Transformer, TransformerConfig
+from ..tokenizer import TOKENIZER_FILES
 from .base import FAMILIES, HEADS, Adapter, AnyModel, build_model, family_of, head_name, hf_from_ours, ours_from_hf
 
 log = logging.getLogger(__name__)
@@ -199,16 +200,6 @@ def load_hf_state_dict(model: AnyModel, state: dict[str, torch.Tensor], source: 
     if leftover or result.unexpected_keys:
         raise RuntimeError(f"internal mapping error: missing {leftover}, unexpected {result.unexpected_keys}")
 
-
-TOKENIZER_FILES = {
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "special_tokens_map.json",
-    "tokenizer.model",
-}
 
 # our tensors with one row per vocabulary entry: config.padded_vocab_size rows here, vocab_size in the export
 VOCAB_ROWS = ("embeddings.word.weight", "mlm_head.decoder.weight", "lm_head.weight")
