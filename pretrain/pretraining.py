@@ -23,6 +23,7 @@ from .interop import build_model
 from .tokenizer import check_family, load_tokenizer
 from .tokenizer_identity import same_tokenizer, saved_tokenizer_dir
 from .train import Task, load_pretrained, make_accelerator, prepare_output_dir, train
+from .train.resume import check_resumable_model
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +141,15 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
     check_run_inputs(cfg)  # before any data is read: output directory, disk, tokenizer identity
     accelerator = make_accelerator(cfg.train, cfg.impl)
     out = Path(cfg.train.output_dir)
-    prepare_output_dir(cfg.train)  # fail before any work if the directory holds another run
+    resume_from = prepare_output_dir(cfg.train)  # fail before any work if the directory holds another run
     tokenizer = get_tokenizer(cfg, out, accelerator.is_main_process, accelerator)
     family = cfg.model.style
+    set_seed(cfg.seed)  # the data preparation draws from its own seeded generators, not the global one
+    model = build_pretraining_model(cfg, tokenizer)
+    if resume_from is not None:  # a checkpoint of another model is refused before hours of tokenising
+        check_resumable_model(resume_from, model)
     with accelerator.main_process_first():  # one process prepares the shards, the others map them
         data = build_pretraining_data(cfg.data, tokenizer, family, nsp=cfg.model.nsp)
-    set_seed(cfg.seed)
-    model = build_pretraining_model(cfg, tokenizer)
     if accelerator.is_main_process:
         log.info(
             "%s: %.2fM parameters, %d training / %d evaluation examples, unigram baseline %.3f nats/token",

@@ -104,7 +104,9 @@ def test_export_and_init_skip_a_truncated_checkpoint(tmp_path, caplog, capsys):
     damaged.write_bytes(damaged.read_bytes()[:100])
     with caplog.at_level(logging.WARNING):
         export.main([str(out), str(tmp_path / "exported")])
-    assert "step-00000006: model.safetensors has 100 bytes" in caplog.text and "using the one before it" in caplog.text
+    assert "step-00000006: model.safetensors has 100 bytes" in caplog.text
+    load_pretrained(out)  # a start resolves the run again (model.init: its tokenizer, then its weights)
+    assert caplog.text.count("using the one before it") == 1  # warned once per process
     assert "checkpoints/step-00000003 ->" in capsys.readouterr().out
     assert (tmp_path / "exported/model.safetensors").exists()
     with pytest.raises(ConfigError, match="step-00000006 is damaged: model.safetensors has 100 bytes"):
@@ -121,7 +123,7 @@ def test_export_and_init_skip_a_truncated_checkpoint(tmp_path, caplog, capsys):
 
 
 @pytest.mark.slow  # tiny in-process training runs
-def test_refused_resume_names_working_values_and_leaves_the_run_alone(tmp_path):
+def test_refused_resume_names_working_values_and_leaves_the_run_alone(tmp_path, monkeypatch):
     cfg = tiny_run(tmp_path, max_steps=3)
     run_pretraining(cfg)
     out = Path(cfg.train.output_dir)
@@ -135,7 +137,14 @@ def test_refused_resume_names_working_values_and_leaves_the_run_alone(tmp_path):
     )
     assert (out / "config.json").read_text() == config_before
     assert step_dirs(out) == ["step-00000003"]
-    # another model (here a wider one; another family or task alike) is named, not a tensor-size error
+    # another model (here a wider one; another family or task alike) is named, not a tensor-size error, and
+    # before the data are prepared (hours on a large corpus)
+    import pretrain.pretraining
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were prepared before the model was checked")
+
+    monkeypatch.setattr(pretrain.pretraining, "build_pretraining_data", no_data)
     wider = tiny_run(tmp_path, max_steps=6)
     wider.model.hidden_size, wider.model.ffn_size = 64, 128
     with pytest.raises(ConfigError, match=r"it holds another model than this run builds \(hidden_size 32 vs 64; "):

@@ -95,6 +95,16 @@ def check_same_model(path: Path, model: Any) -> None:
         )
 
 
+def check_resumable_model(candidate: Path, model: Any) -> None:
+    """check_same_model on the checkpoint a resume will most likely take, early (before the data are prepared).
+    One whose model.json does not read is left to the resume itself, which may fall back past it."""
+    try:
+        json.loads((candidate / "model.json").read_text())
+    except (OSError, ValueError):
+        return
+    check_same_model(candidate, model)
+
+
 def log_data_change(run_config_file: Path, run_config: dict[str, Any], step: int) -> list[str]:
     """Names the data settings (and seed) that differ from the run's config.json: a resume may change
     them, but a run that silently continues on other data is a mistake more often than a plan."""
