@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from pretrain.config import ImplConfig, TrainConfig
-from pretrain.errors import ConfigError, check_source, require
+from pretrain.errors import ConfigError, check_source, not_a_file, require
 
 
 @dataclass
@@ -110,7 +110,7 @@ class FinetuneConfig:
             *((f"data.paths[{i}]", x) for i, x in enumerate(d.paths)),
         ):
             if path is not None and not Path(path).expanduser().is_file():
-                what = "a directory, not a file" if Path(path).expanduser().is_dir() else "does not exist"
+                what = not_a_file(Path(path).expanduser())
                 raise ConfigError(f"{key}={path}: {what}; give a data file (.tsv, .csv, .json, .jsonl)")
         if self.task == "qa" and d.doc_stride >= d.max_length - d.max_query_length - 3:
             raise ConfigError(

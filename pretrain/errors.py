@@ -29,6 +29,13 @@ def require(ok: bool, key: str, value: Any, rule: str, fix: str = "") -> None:
         raise ConfigError(f"{key}={value!r} is out of range: {rule}{'; ' + fix if fix else ''}")
 
 
+def not_a_file(path: Path) -> str:
+    """Why a path that is not a regular file cannot be read as a data file (for the error message)."""
+    if path.is_dir():
+        return "a directory, not a file"
+    return "not a regular file (a pipe, socket or device)" if path.exists() else "does not exist"
+
+
 def check_source(key: str, value: str, what: str = "directory") -> None:
     """A name for a local directory or a Hugging Face hub name. A value that exists locally is local;
     one that does not is refused when it cannot be a hub name (it looks like a path) or when the hub

@@ -3,6 +3,7 @@ to naive packing, corpus forms and hub layouts, UTF-8 errors, the cache (cheap c
 
 import gzip
 import json
+import os
 import random
 import subprocess
 import sys
@@ -413,6 +414,10 @@ def test_presets_compose(tmp_path):
 def test_bad_files(tmp_path, bert_tokenizer):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         check_text_files([tmp_path / "missing.txt"])
+    pipe = tmp_path / "pipe.txt"
+    os.mkfifo(pipe)
+    with pytest.raises(DataError, match="pipe.txt is not a regular file \\(a pipe, socket or device\\); give files"):
+        check_text_files([pipe])
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     with pytest.raises(ValueError, match="is empty"):

@@ -1,6 +1,7 @@
 """Fine-tuning: metrics, windows and offsets, tiny end-to-end runs, pipeline equality, bad input."""
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -432,6 +433,11 @@ def test_finetune_config_errors(tmp_path):
         FinetuneConfig(data=FinetuneDataConfig(train="x.tsv")).validate()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         cls.read_rows(str(tmp_path / "missing.tsv"))
+    pipe = tmp_path / "pipe.tsv"
+    os.mkfifo(pipe)
+    with pytest.raises(ConfigError, match=r"data.train=.*pipe.tsv: not a regular file \(a pipe, socket or device\)"):
+        config = FinetuneConfig(model=FinetuneModelConfig(init=str(tmp_path)), data=FinetuneDataConfig(train=str(pipe)))
+        config.validate()
     with pytest.raises(ValueError, match="not SQuAD JSON"):
         bad = tmp_path / "bad.json"
         bad.write_text("[1, 2]")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..config import DataConfig, HubSource
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, not_a_file
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ def resolve_files(paths: Iterable[str]) -> list[Path]:
             files.extend(found)
         elif path.is_file():
             files.append(path)
+        elif path.exists():
+            raise DataError(f"data path {path} is {not_a_file(path)}; give files, directories or globs in data.paths")
         else:
             raise FileNotFoundError(f"data file {path} does not exist; check data.paths")
     for f in files:
