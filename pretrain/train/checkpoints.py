@@ -133,6 +133,9 @@ def load_model_dir(directory: str | Path) -> PretrainedModel | Transformer:
     return model
 
 
+_WARNED_DAMAGED: set[tuple[str, str]] = set()
+
+
 def resolve_run_dir(path: Path) -> Path:
     """A run directory (one with checkpoints/) stands for its newest checkpoint whose files have the
     sizes its manifest recorded (a truncated newer one is skipped, warned); any other path is
@@ -143,7 +146,9 @@ def resolve_run_dir(path: Path) -> Path:
             problem = verify(candidate, deep=False, model_only=True)
             if problem is None or not (candidate / MANIFEST).exists():
                 return candidate
-            log.warning("checkpoint %s: %s; using the one before it", candidate, problem)
+            if (str(candidate), problem) not in _WARNED_DAMAGED:  # a start resolves the same path several times
+                _WARNED_DAMAGED.add((str(candidate), problem))
+                log.warning("checkpoint %s: %s; using the one before it", candidate, problem)
         if lineage:
             raise ConfigError(f"{path}: every checkpoint of the run is damaged (the oldest: {problem})")
     return path
