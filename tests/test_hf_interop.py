@@ -118,6 +118,16 @@ EXPORTS = [
     (lambda: BertPretraining(tiny_config(), nsp=False), AutoModelForMaskedLM, "BertForMaskedLM"),
     (lambda: Transformer(tiny_config()), AutoModel, "BertModel"),
     (lambda: Transformer(tiny_config(segment_vocab_size=0)), AutoModel, "BertModel"),
+    # untied, HF's decoder adds a bias of its own (decoder.bias), not the head's `bias`
+    (lambda: BertPretraining(tiny_config(tie_embeddings=False), nsp=False), AutoModelForMaskedLM, "BertForMaskedLM"),
+    (
+        lambda: BertPretraining(
+            tiny_config(tie_embeddings=False, positions_skip_padding=True, pad_token_id=1, segment_vocab_size=1),
+            nsp=False,
+        ),
+        AutoModelForMaskedLM,
+        "RobertaForMaskedLM",
+    ),
     (lambda: CausalLM(tiny_config(causal=True)), AutoModelForCausalLM, "GPT2LMHeadModel"),
     (lambda: Transformer(tiny_config(causal=True)), AutoModel, "GPT2Model"),
 ]
@@ -135,10 +145,10 @@ def test_export_round_trip(build, auto_cls, arch, tmp_path):
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     ids, mask, seg = batch()
     kwargs = dict(input_ids=ids, attention_mask=mask)
-    if not ours.config.causal and ours.config.segment_vocab_size:
+    if not ours.config.causal and ours.config.segment_vocab_size > 1:
         kwargs["token_type_ids"] = seg
     a, b = hf(**kwargs), ours(**kwargs)
-    if arch.startswith("BertFor"):
+    if arch.startswith(("BertFor", "RobertaFor")):
         close(
             getattr(a, "prediction_logits", None) if arch == "BertForPreTraining" else a.logits,
             b.prediction_logits,
@@ -156,6 +166,23 @@ def test_export_round_trip(build, auto_cls, arch, tmp_path):
     extra = set(back_state) - set(ours.state_dict())  # a segment-less BERT comes back with one zero row
     assert all(back_state[k].abs().max() == 0 for k in extra), extra
     close(back(**kwargs).last_hidden_state, b.last_hidden_state, mask)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_untied_masked_lm_import_reads_the_decoders_own_bias(family):
+    """Untied, HF's MLM head adds decoder.bias and never reads its `bias`: they differ here."""
+    if family == "bert":
+        hf = transformers.BertForMaskedLM(BertConfig(**BERT, tie_word_embeddings=False))
+    else:
+        config = transformers.RobertaConfig(**{**BERT, "type_vocab_size": 1}, tie_word_embeddings=False)
+        hf = transformers.RobertaForMaskedLM(config)
+    head = hf.cls.predictions if family == "bert" else hf.lm_head
+    torch.nn.init.normal_(head.decoder.bias)
+    torch.nn.init.normal_(head.bias)
+    hf.eval()
+    ours = load_hf(hf).eval()
+    ids, mask, _ = batch()
+    close(hf(input_ids=ids, attention_mask=mask).logits, ours(ids, mask).prediction_logits, mask)
 
 
 def test_finetuning_heads_export_and_reload(tmp_path):

@@ -123,8 +123,9 @@ class BertAdapter(Adapter):
                 ("mlm_head.norm.bias", "cls.predictions.transform.LayerNorm.bias", "copy"),
                 ("mlm_head.bias", "cls.predictions.bias", "copy"),
             ]
-            if not model.config.tie_embeddings:
+            if not model.config.tie_embeddings:  # untied, HF's decoder keeps a bias of its own, which it adds
                 pairs.append(("mlm_head.decoder.weight", "cls.predictions.decoder.weight", "copy"))
+                pairs.append(("mlm_head.bias", "cls.predictions.decoder.bias", "copy"))
             if isinstance(model, BertPretraining) and model.nsp_head is not None:
                 pairs += [
                     ("nsp_head.weight", "cls.seq_relationship.weight", "copy"),

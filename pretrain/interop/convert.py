@@ -164,7 +164,8 @@ def load_hf_state_dict(model: AnyModel, state: dict[str, torch.Tensor], source: 
     for o, t, how in trunk + heads:
         names = t if isinstance(t, tuple) else (t,)
         if not all(n in state for n in names):
-            missing.append(o)
+            if o not in ours:  # a weight HF may keep under two names (an untied MLM bias) needs one of them
+                missing.append(o)
             continue
         ours[o] = ours_from_hf(tuple(state[n] for n in names) if isinstance(t, tuple) else state[t], how)
     # the trunk (but an unused pooler) and a task's pretrained head must come from the checkpoint

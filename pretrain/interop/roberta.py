@@ -43,8 +43,9 @@ class RobertaAdapter(BertAdapter):
                 ("mlm_head.norm.bias", "lm_head.layer_norm.bias", "copy"),
                 ("mlm_head.bias", "lm_head.bias", "copy"),
             ]
-            if not model.config.tie_embeddings:
+            if not model.config.tie_embeddings:  # as BERT's: the untied decoder's own bias is the one HF adds
                 pairs.append(("mlm_head.decoder.weight", "lm_head.decoder.weight", "copy"))
+                pairs.append(("mlm_head.bias", "lm_head.decoder.bias", "copy"))
             return pairs
         if head == "classification":  # RobertaClassificationHead: dense -> tanh on <s> (our pooler) -> out_proj
             return [
