@@ -239,6 +239,27 @@ def test_missing_pretraining_head_is_an_error_and_finetuning_head_is_reported(tm
     assert "newly initialised" in caplog.text and "classifier.weight" in caplog.text
 
 
+LLAMA_SWITCHES = dict(position_embedding="rotary", norm="rmsnorm", gated_mlp=True, bias=False, tie_embeddings=False)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", "silu"])
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_every_activation_exports_and_imports(family, activation, tmp_path):
+    if family == "bert":
+        ours, auto = BertPretraining(tiny_config(activation=activation), nsp=False), AutoModelForMaskedLM
+    else:
+        switches = LLAMA_SWITCHES if family == "llama" else {}
+        ours, auto = CausalLM(tiny_config(causal=True, activation=activation, **switches)), AutoModelForCausalLM
+    ours.eval()
+    save_hf(ours, tmp_path)
+    hf = auto.from_pretrained(tmp_path).eval()
+    assert hf.config.model_type == family
+    ids, mask, _ = batch()
+    logits = "prediction_logits" if family == "bert" else "logits"
+    close(hf(input_ids=ids, attention_mask=mask).logits, getattr(ours(ids, mask), logits), mask)
+    assert load_hf(tmp_path).config.activation == activation
+
+
 def test_unsupported_inputs(tmp_path):
     with pytest.raises(ValueError, match="unsupported architecture"):
         load_hf(
@@ -251,6 +272,17 @@ def test_unsupported_inputs(tmp_path):
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="cannot export.*post"):
         save_hf(CausalLM(tiny_config(causal=True, norm_placement="post")), tmp_path / "y")
+    # switches the HF architecture lacks are named, not dropped (the export would load with other logits)
+    refused = [
+        (CausalLM(tiny_config(causal=True, embedding_norm=True)), "GPT2LMHeadModel.*embedding_norm=True"),
+        (CausalLM(tiny_config(causal=True, positions_skip_padding=True)), "GPT2LMHeadModel.*positions_skip_padding"),
+        (BertPretraining(tiny_config(embedding_norm=False)), "BertForPreTraining.*embedding_norm=False"),
+        (CausalLM(tiny_config(causal=True, positions_skip_padding=True, **LLAMA_SWITCHES)), "Llama.*positions_skip"),
+    ]
+    for model, message in refused:
+        with pytest.raises(ValueError, match=f"cannot export to Hugging Face {message}"):
+            save_hf(model, tmp_path / "z")
+        assert not (tmp_path / "z").exists()
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_hf(tmp_path)
     with pytest.raises(FileNotFoundError):

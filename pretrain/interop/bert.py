@@ -54,6 +54,8 @@ class BertAdapter(Adapter):
             problems.append(f"position_embedding={cfg.position_embedding!r} (HF BERT has learned positions only)")
         if cfg.norm_placement != "post":
             problems.append("norm_placement='pre' (HF BERT is post-LN)")
+        if not cfg.has_embedding_norm:
+            problems.append("embedding_norm=False (HF BERT normalises the embedding sum)")
         hf = {
             "model_type": "bert",
             "hidden_size": cfg.hidden_size,

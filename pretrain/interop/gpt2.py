@@ -41,6 +41,10 @@ class GPT2Adapter(Adapter):
             problems.append("norm_placement='post' (HF GPT-2 is pre-LN)")
         if cfg.segment_vocab_size:
             problems.append("segment_vocab_size > 0 (HF GPT-2 has no separate segment embeddings)")
+        if cfg.has_embedding_norm:
+            problems.append("embedding_norm=True (HF GPT-2 has no norm on the embedding sum)")
+        if cfg.positions_skip_padding:
+            problems.append("positions_skip_padding=True (HF GPT-2 counts positions from 0 over padding too)")
         if cfg.dropout != cfg.attention_dropout:
             log.info("GPT-2 export: attention_dropout %s kept as attn_pdrop", cfg.attention_dropout)
         hf = {
@@ -59,6 +63,9 @@ class GPT2Adapter(Adapter):
             "scale_attn_weights": True,
             "scale_attn_by_inverse_layer_idx": False,
             "tie_word_embeddings": cfg.tie_embeddings,
+            # explicit, so HF's defaults (50256) are not written for a model without them
+            "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": cfg.eos_token_id,
         }
         return hf, problems
 

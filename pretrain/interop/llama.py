@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..model import TransformerConfig
+from .activations import ACT_TO_HF, activation_from_hf
 from .base import Adapter, AnyModel, Pair, is_modern, joined, register_family
 
 
@@ -34,6 +35,7 @@ class LlamaAdapter(Adapter):
             "segment_vocab_size": 0,
             "local_attention": 0,
             "has_embedding_norm": False,
+            "positions_skip_padding": False,
         }
         problems = [
             f"{name}={getattr(cfg, name)!r} (HF Llama has {value!r})"
@@ -48,7 +50,7 @@ class LlamaAdapter(Adapter):
             "num_attention_heads": cfg.num_heads,
             "num_key_value_heads": cfg.kv_heads,
             "head_dim": cfg.head_dim,
-            "hidden_act": cfg.activation,
+            "hidden_act": ACT_TO_HF[cfg.activation],
             "max_position_embeddings": cfg.max_positions,
             "rms_norm_eps": cfg.layer_norm_eps,
             "initializer_range": cfg.init_std,
@@ -72,8 +74,6 @@ class LlamaAdapter(Adapter):
         heads = hf["num_attention_heads"]
         if hf.get("head_dim") not in (None, hf["hidden_size"] // heads):
             raise ConfigError(f"unsupported Llama variant: head_dim={hf['head_dim']} != hidden_size / heads")
-        if hf.get("hidden_act", "silu") not in ("silu", "gelu"):
-            raise ConfigError(f"unsupported Llama activation {hf['hidden_act']!r}; supported: silu, gelu")
         return TransformerConfig(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
@@ -86,7 +86,7 @@ class LlamaAdapter(Adapter):
             dropout=0.0,
             attention_dropout=float(hf.get("attention_dropout") or 0.0),
             layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
-            activation=hf.get("hidden_act", "silu"),
+            activation=activation_from_hf(hf.get("hidden_act", "silu")),
             position_embedding="rotary",
             rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
             norm="rmsnorm",
