@@ -260,6 +260,26 @@ def test_every_activation_exports_and_imports(family, activation, tmp_path):
     assert load_hf(tmp_path).config.activation == activation
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_causal_classifier_without_a_mask_reads_the_last_token_that_is_not_padding(family):
+    """Right-padded rows and no attention_mask: HF's GPT-2 / Llama classifiers read the rightmost token
+    that is not pad_token_id (reading the last position would read a pad)."""
+    if family == "gpt2":
+        hf = transformers.GPT2ForSequenceClassification(GPT2Config(**GPT2, pad_token_id=0, num_labels=3))
+    else:
+        config = transformers.LlamaConfig(
+            vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=64, pad_token_id=0, num_labels=3,
+        )  # fmt: skip
+        hf = transformers.LlamaForSequenceClassification(config)
+    hf.eval()
+    ours = load_hf(hf).eval()
+    ids, mask, _ = batch()
+    ids = ids.masked_fill(mask == 0, 0)
+    close(hf(input_ids=ids).logits, ours(ids).logits)
+    close(ours(ids).logits, ours(ids, mask).logits)
+
+
 def test_unsupported_inputs(tmp_path):
     with pytest.raises(ValueError, match="unsupported architecture"):
         load_hf(

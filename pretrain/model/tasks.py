@@ -60,7 +60,7 @@ class SequenceClassifier(PretrainedModel):
             input_ids, attention_mask, token_type_ids, output_attentions=output_attentions, position_ids=position_ids
         )
         if self.config.causal:  # the rightmost attended position (left or right padding)
-            features = last_token_features(out.last_hidden_state, attention_mask)
+            features = last_token_features(out.last_hidden_state, attention_mask, input_ids, self.config.pad_token_id)
         elif self.head is not None:  # ModernBERT: pool ([CLS] or the mean of real tokens), then transform
             h = out.last_hidden_state
             if self.config.classifier_pooling == "mean":
@@ -120,8 +120,13 @@ class SpanQA(PretrainedModel):
         return out
 
 
-def last_token_features(h: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """(B, T, H) -> (B, H) at the rightmost attended position (GPT's classification token)."""
+def last_token_features(
+    h: torch.Tensor, attention_mask: torch.Tensor | None, input_ids: torch.Tensor, pad_token_id: int | None
+) -> torch.Tensor:
+    """(B, T, H) -> (B, H) at the rightmost attended position (GPT's classification token). Without a mask,
+    as Hugging Face's GPT-2 and Llama classifiers read: the rightmost token that is not padding."""
+    if attention_mask is None and pad_token_id is not None:
+        attention_mask = input_ids.ne(pad_token_id)
     if attention_mask is None:
         return h[:, -1]
     positions = torch.arange(h.size(1), device=h.device)
@@ -187,7 +192,7 @@ class MultipleChoice(PretrainedModel):
         ids = input_ids.reshape(batch * choices, length)
         out = self.transformer(ids, flat[0], flat[1], output_attentions=output_attentions)
         if self.config.causal:
-            features = last_token_features(out.last_hidden_state, flat[0])
+            features = last_token_features(out.last_hidden_state, flat[0], ids, self.config.pad_token_id)
         else:
             features = out.pooler_output
         out.logits = self.classifier(self.dropout(features)).view(batch, choices)
