@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 from test_pretraining import losses, step_dirs, tiny_run
 
@@ -287,3 +288,24 @@ def test_a_resume_on_other_data_is_named(tmp_path, caplog):
         changed = log_data_change(tmp_path / "config.json", other, 6)
     assert changed == ["data.train: 'sst2.tsv' -> 'imdb.tsv'", "seed: 0 -> 1"]
     assert "the data changed since the run started" in caplog.text and "from step 6" in caplog.text
+
+
+def test_resuming_a_classifier_with_its_labels_in_another_order_is_refused(tmp_path):
+    """The checkpoint's classifier rows mean its labels in its order: resuming it with the same number of
+    labels in another order (or other names) would train each row towards another class."""
+    from pretrain.model import SequenceClassifier
+    from pretrain.train.checkpoints import save_model_dir
+    from pretrain.train.resume import check_same_model
+
+    saved = SequenceClassifier(tiny_config(), num_labels=2)
+    saved.id2label = {0: "neg", 1: "pos"}
+    save_model_dir(saved, tmp_path)
+    same = SequenceClassifier(tiny_config(), num_labels=2)
+    same.id2label = {0: "neg", 1: "pos"}
+    check_same_model(tmp_path, same)
+    swapped = SequenceClassifier(tiny_config(), num_labels=2)
+    swapped.id2label = {0: "pos", 1: "neg"}
+    with pytest.raises(
+        ConfigError, match=r"another model than this run builds \(labels \['neg', 'pos'\] vs \['pos', 'neg'\]"
+    ):
+        check_same_model(tmp_path, swapped)

@@ -81,6 +81,10 @@ def check_same_model(path: Path, model: Any) -> None:
     for name in ("num_labels", "symmetric"):
         if saved["head_kwargs"].get(name) != ours["head_kwargs"].get(name):
             diffs.append(f"{name} {saved['head_kwargs'].get(name)} vs {ours['head_kwargs'].get(name)}")
+    labels = [saved.get("id2label"), ours.get("id2label")]
+    if all(labels) and labels[0] != labels[1]:  # the classifier's rows mean these labels, in this order
+        names = [[lab[k] for k in sorted(lab, key=int)] for lab in labels]
+        diffs.append(f"labels {names[0]} vs {names[1]}")
     saved_structure = TransformerConfig.from_dict(saved["config"])
     if saved_structure.padded_vocab_size != model.config.padded_vocab_size:
         diffs.append(f"embedding rows {saved_structure.padded_vocab_size} vs {model.config.padded_vocab_size}")
