@@ -93,6 +93,8 @@ def check_columns(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, where: st
         if isinstance(label, (list, dict)):
             raise DataError(f"{at}: the label {cfg.label_column!r} is a {type(label).__name__}, not one label")
         if cfg.regression:
+            if isinstance(label, bool):  # float(True) would train on 1.0
+                raise DataError(f"{at}: the regression target is {label!r}, not a number (data.regression)")
             try:
                 value = float(label)
             except (TypeError, ValueError):
@@ -101,12 +103,20 @@ def check_columns(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, where: st
                 raise DataError(f"{at}: the regression target is {label!r}; it must be a finite number")
 
 
+def label_name(value: Any) -> str:
+    """A class label as its name: JSON 1 and 1.0 name one class, and whitespace around a TSV label is not
+    part of it ('0 ' is '0')."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
 def label_vocabulary(train_rows: list[dict[str, Any]], cfg: FinetuneDataConfig) -> list[str]:
     if cfg.regression:
         return ["score"]
     if cfg.label_names:
-        return [str(x) for x in cfg.label_names]
-    values = {str(r[cfg.label_column]) for r in train_rows}
+        return [label_name(x) for x in cfg.label_names]
+    values = {label_name(r[cfg.label_column]) for r in train_rows}
     numeric = all(v.lstrip("-").isdigit() for v in values)
     return sorted(values, key=int) if numeric else sorted(values)
 
@@ -115,14 +125,14 @@ def encode_labels(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, labels: l
     if cfg.regression:
         return [float(r[cfg.label_column]) for r in rows]
     index = {name: i for i, name in enumerate(labels)}
-    unseen = sorted({str(r[cfg.label_column]) for r in rows} - set(index))
+    unseen = sorted({label_name(r[cfg.label_column]) for r in rows} - set(index))
     if unseen:
         source = "data.label_names does not list" if cfg.label_names else "the training data does not have"
         raise DataError(
             f"{where} has labels {unseen} that {source} (labels: {labels}); "
             "fix the data or list every label in data.label_names"
         )
-    return [index[str(r[cfg.label_column])] for r in rows]
+    return [index[label_name(r[cfg.label_column])] for r in rows]
 
 
 # ----------------------------------------------------------------------------- model

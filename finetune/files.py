@@ -47,15 +47,25 @@ def read_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any
         return rows
     if suffix not in (".tsv", ".csv", ".txt"):
         raise ConfigError(f"{file}: unknown file type {suffix!r}; use .tsv, .csv, .json or .jsonl")
-    if suffix == ".csv":
-        reader = csv.reader(io.StringIO(text, newline=""))
+    if suffix == ".csv":  # strict: a stray quote is an error, not a field that swallows the next lines
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     else:  # GLUE TSVs contain bare quotes: no quoting
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    lines = [row for row in reader if row]
+    numbered = []  # (the line a row ends on, its fields); blank lines are skipped but counted
+    try:
+        for row in reader:
+            if row:
+                numbered.append((reader.line_num, row))
+    except csv.Error as e:
+        raise DataError(
+            f"{file}, line {reader.line_num}: {e}; fix the quoting (a field that contains quotes, commas or line "
+            'breaks is quoted whole, its quotes doubled: "say ""hi"", then go")'
+        ) from None
+    line_numbers, lines = [n for n, _ in numbered], [row for _, row in numbered]
     if columns is None and len(lines) < 2:
         raise DataError(f"{file} has a header line but no rows; check data.train / data.validation")
     if columns is None:
-        header, lines = lines[0], lines[1:]
+        header, lines, line_numbers = lines[0], lines[1:], line_numbers[1:]
         repeated = sorted({name for name in header if header.count(name) > 1})
         if repeated:
             raise DataError(
@@ -65,9 +75,9 @@ def read_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any
         header = columns
     has_header = columns is None or (lines and lines[0] == list(columns))  # the names data.columns gives: no row
     if columns is not None and has_header:
-        lines = lines[1:]
+        lines, line_numbers = lines[1:], line_numbers[1:]
     rows = []
-    for number, values in enumerate(lines, start=2 if has_header else 1):
+    for number, values in zip(line_numbers, lines, strict=True):
         if len(values) != len(header):
             raise DataError(
                 f"{file}, line {number}: {len(values)} fields where the header has {len(header)}"

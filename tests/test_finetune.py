@@ -380,6 +380,22 @@ def test_file_rows_headers_and_labels(tmp_path):
     d = FinetuneDataConfig(label_names=["neg", "pos"])
     with pytest.raises(DataError, match=r"train.json has labels \['meh'\] that data.label_names does not list"):
         cls.encode_labels([{"label": "meh"}], d, ["neg", "pos"], "train.json")
+    # one class however it is written: '0 ' and '0' in a TSV, 1 and 1.0 in JSON (they were two classes)
+    rows = [{"label": "0 "}, {"label": "0"}, {"label": 1}, {"label": 1.0}, {"label": " 1"}]
+    d = FinetuneDataConfig()
+    assert cls.label_vocabulary(rows, d) == ["0", "1"]
+    assert cls.encode_labels(rows, d, ["0", "1"], "train.json") == [0, 0, 1, 1, 1]
+    with pytest.raises(DataError, match=r"row 1: the regression target is True, not a number"):
+        cls.check_columns([{"sentence": "a", "label": True}], FinetuneDataConfig(regression=True), "train.json")
+    # a stray quote in a CSV is named (it swallowed the next lines into one example); line numbers count blanks
+    f = tmp_path / "quote.csv"
+    f.write_text('text,label\n"bad start,0\ngood,1\nend" x,1\nfine,0\n')
+    with pytest.raises(DataError, match=r"quote.csv, line 4: ',' expected after '\"'; fix the quoting"):
+        read_rows(str(f))
+    f = tmp_path / "blank_lines.tsv"
+    f.write_text("sentence\tlabel\nok\t0\n\n\nbad\t1\textra\n")
+    with pytest.raises(DataError, match=r"blank_lines.tsv, line 5: 3 fields where the header has 2"):
+        read_rows(str(f))
 
 
 def test_holdout_that_leaves_nothing_to_train_on_is_refused():
