@@ -309,3 +309,23 @@ def test_resuming_a_classifier_with_its_labels_in_another_order_is_refused(tmp_p
         ConfigError, match=r"another model than this run builds \(labels \['neg', 'pos'\] vs \['pos', 'neg'\]"
     ):
         check_same_model(tmp_path, swapped)
+
+
+def test_fine_tuning_a_fine_tuned_model_further_keeps_its_trained_head(tmp_path, caplog):
+    """model.init = a token classifier or multiple-choice model of ours, for the same task: its classifier
+    and label names go on (the head was rebuilt fresh, silently, whenever head arguments were given)."""
+    from pretrain.model import MultipleChoice, TokenClassifier
+    from pretrain.train.checkpoints import load_pretrained, save_model_dir
+
+    tagger = TokenClassifier(tiny_config(), num_labels=3)
+    tagger.id2label = {0: "O", 1: "B-NP", 2: "I-NP"}
+    save_model_dir(tagger, tmp_path / "tagger")
+    again = load_pretrained(tmp_path / "tagger", head="token_classification", num_labels=3)
+    assert torch.equal(again.classifier.weight, tagger.classifier.weight) and again.id2label == tagger.id2label
+    with caplog.at_level(logging.WARNING):
+        wider = load_pretrained(tmp_path / "tagger", head="token_classification", num_labels=4)
+    assert wider.classifier.weight.shape == (4, 32) and "(another number of labels): re-initialised" in caplog.text
+    chooser = MultipleChoice(tiny_config(causal=True))
+    save_model_dir(chooser, tmp_path / "chooser")
+    again = load_pretrained(tmp_path / "chooser", head="multiple_choice", lm_loss_weight=0.5)
+    assert torch.equal(again.classifier.weight, chooser.classifier.weight) and again.lm_loss_weight == 0.5

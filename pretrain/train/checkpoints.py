@@ -169,8 +169,25 @@ def load_pretrained(src: str | Path, head: str | None = None, **head_kwargs: Any
         missing, _ = target_trunk.load_state_dict(trunk.state_dict(), strict=False)
         if any(not k.startswith("pooler") for k in missing):
             raise RuntimeError(f"could not transfer the trunk: missing {missing}")
+        if head == head_name(model):  # a model of this task: its trained head goes on, where its shapes fit
+            _keep_trained_head(model, target, path)
         return target
     return load_hf(str(path) if path.exists() else str(src), head=head, **head_kwargs)
+
+
+def _keep_trained_head(model: PretrainedModel, target: PretrainedModel, path: Path) -> None:
+    """The head weights of `model` (not its trunk, not a tied LM head) into `target`, built for the same task
+    with other arguments (a fine-tuned token classifier or multiple-choice model fine-tuned further), with its
+    label names; a head of other shapes (another number of labels) stays fresh, warned."""
+    trained = {k: v for k, v in model.state_dict().items() if not k.startswith(("transformer.", "lm_head."))}
+    fresh = target.state_dict()
+    if all(k in fresh and fresh[k].shape == v.shape for k, v in trained.items()):
+        target.load_state_dict(trained, strict=False)
+        if getattr(model, "id2label", None):
+            target.id2label = dict(model.id2label)
+    else:
+        log.warning("%s: its %s head has other shapes than this run's (another number of labels): re-initialised",
+                    path, head_name(model))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- training checkpoints
