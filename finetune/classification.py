@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from pretrain.data import next_token_labels, padding_id
-from pretrain.errors import ConfigError, DataError
+from pretrain.errors import ConfigError, DataError, not_a_file
 from pretrain.train import Task
 
 from . import multiple_choice as mc
@@ -27,7 +27,7 @@ from .common import (
     with_validation,
 )
 from .config import FinetuneConfig, FinetuneDataConfig
-from .files import read_rows
+from .files import hub_split, read_rows, read_utf8
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ def exclude_rows(rows: list[dict[str, Any]], ids_file: str, id_columns: list[str
         raise ConfigError(f"data.id_columns {missing} are not columns of the training data ({list(rows[0])})")
     path = Path(ids_file).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"data.exclude_ids_file {path} does not exist")
-    excluded = {tuple(line.split("\t")) for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()}
+        raise FileNotFoundError(f"data.exclude_ids_file {path}: {not_a_file(path)}; give a .tsv of ids")
+    excluded = {tuple(line.split("\t")) for line in read_utf8(path).splitlines() if line.strip()}
     kept = [r for r in rows if tuple(str(r[c]) for c in id_columns) not in excluded]
     log.info("excluded %d training rows listed in %s", len(rows) - len(kept), path)
     return kept
@@ -55,9 +55,7 @@ def exclude_rows(rows: list[dict[str, Any]], ids_file: str, id_columns: list[str
 def load_split(cfg: FinetuneDataConfig, path: str | None, split: str) -> list[dict[str, Any]]:
     if path is not None:
         return read_rows(path, cfg.columns)
-    import datasets  # a hub dataset by name: needs internet
-
-    return list(datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=split))
+    return list(hub_split(cfg.hub_name, cfg.hub_config, split))
 
 
 def check_columns(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, where: str) -> None:

@@ -19,7 +19,7 @@ def read_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any
     if not file.is_file():
         raise FileNotFoundError(f"data file {file} does not exist; check data.train / data.validation")
     suffix = file.suffix.lower()
-    text = _read_text(file)
+    text = read_utf8(file)
     if not text.strip():
         raise DataError(f"{file} is empty; check data.train / data.validation")
     if suffix in (".json", ".jsonl"):
@@ -88,9 +88,24 @@ def read_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any
     return rows
 
 
-def _read_text(file: Path) -> str:
+def hub_split(name: str, config: str | None, split: str) -> Any:
+    """One split of a `datasets` hub dataset (needs internet, or the datasets cache)."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except ConnectionError as e:  # offline or unreachable, and not cached
+        raise ConfigError(
+            f"data.hub_name={name}: the {split} split cannot be fetched ({e}); give local files instead: "
+            "data.train=<file> data.validation=<file>"
+        ) from None
+
+
+def read_utf8(file: Path) -> str:
     try:
         return file.read_text(encoding="utf-8-sig")  # utf-8-sig: MRPC files start with a BOM
     except UnicodeDecodeError as e:
-        line = file.read_bytes()[: e.start].count(b"\n") + 1
+        data = file.read_bytes()
+        bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # e.start counts from after it
+        line = data[: bom + e.start].count(b"\n") + 1
         raise DataError(f"{file}, line {line}: not UTF-8 text ({e.reason}); convert the file to UTF-8") from None

@@ -19,7 +19,7 @@ from pretrain.train.checkpoints import load_pretrained
 
 from .common import Built, Evaluation, capped, jsonl, logits_of, padded_inputs, predict, with_validation
 from .config import FinetuneConfig, FinetuneDataConfig
-from .files import read_rows
+from .files import hub_split, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,7 @@ def examples_from_rows(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, wher
 def load_examples(cfg: FinetuneDataConfig, path: str | None, split: str) -> list[ChoiceExample]:
     if path is not None:
         return examples_from_rows(read_rows(path), cfg, path)
-    import datasets  # a hub dataset by name: needs internet
-
-    return examples_from_rows(list(datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=split)), cfg, split)
+    return examples_from_rows(list(hub_split(cfg.hub_name, cfg.hub_config, split)), cfg, split)
 
 
 def check_config(cfg: FinetuneDataConfig) -> None:

@@ -18,6 +18,7 @@ from pretrain.train.checkpoints import load_pretrained
 
 from .common import Built, Evaluation, capped, padded_inputs, predict, with_validation
 from .config import FinetuneConfig, FinetuneDataConfig
+from .files import hub_split
 from .squad_metric import squad_scores
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ def read_squad(path: str) -> list[QAExample]:
                 if not question.strip():
                     raise DataError(f"{file}: {at}.question is empty")
                 impossible = qa.get("is_impossible", False)
+                if not isinstance(impossible, bool):  # "false" would count as true and drop the answers
+                    raise DataError(f"{file}: {at}.is_impossible is {type(impossible).__name__} {impossible!r:.20}, "
+                                    "expected true or false")  # fmt: skip
                 answers = [] if impossible else field(qa, "answers", at, list)
                 texts, starts = [], []
                 for n, answer in enumerate(answers):
@@ -85,8 +89,6 @@ def read_squad(path: str) -> list[QAExample]:
 
 
 def squad_from_hub(name: str, config: str | None, split: str) -> list[QAExample]:
-    import datasets  # squad / squad_v2 by name: needs internet
-
     return [
         QAExample(
             r["id"],
@@ -96,7 +98,7 @@ def squad_from_hub(name: str, config: str | None, split: str) -> list[QAExample]
             list(r["answers"]["text"]),
             list(r["answers"]["answer_start"]),
         )
-        for r in datasets.load_dataset(name, config, split=split)
+        for r in hub_split(name, config, split)
     ]
 
 
@@ -167,7 +169,8 @@ def windows(tokenizer: Any, examples: list[QAExample], cfg: FinetuneDataConfig, 
                 start_char = ex.answer_starts[0]
                 end_char = start_char + len(ex.answers[0])
                 context = [k for k, o in enumerate(offsets) if o is not None]
-                if offsets[context[0]][0] <= start_char and offsets[context[-1]][1] >= end_char:
+                # a window with no context token (one of invisible characters only) cannot hold the answer
+                if context and offsets[context[0]][0] <= start_char and offsets[context[-1]][1] >= end_char:
                     start = next(k for k in context if offsets[k][1] > start_char)
                     end = max(k for k in context if offsets[k][0] < end_char)
             feature["start_positions"], feature["end_positions"] = start, end

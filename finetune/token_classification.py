@@ -22,7 +22,7 @@ from pretrain.train.checkpoints import load_pretrained
 from . import conlleval
 from .common import Built, Evaluation, capped, head_matches_labels, padded_inputs, predict, with_validation
 from .config import FinetuneConfig, FinetuneDataConfig
-from .files import read_rows
+from .files import hub_split, read_rows, read_utf8
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def read_conll(path: str, column: int = -1) -> list[Sentence]:
         raise FileNotFoundError(f"data file {file} does not exist; check data.train / data.validation")
     sentences, words, tags = [], [], []
     n_fields, first_line = None, 0
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8(file).splitlines(), start=1):
         fields = line.split()
         if not fields or fields[0] == DOCSTART:
             if words:
@@ -111,9 +111,7 @@ def load_sentences(cfg: FinetuneDataConfig, path: str | None, split: str) -> tup
         if Path(path).suffix.lower() in (".json", ".jsonl"):
             return sentences_from_rows(read_rows(path), cfg.tags_column, path, cfg.label_names), None
         return read_conll(path, cfg.conll_column), None
-    import datasets  # a hub dataset by name: needs internet
-
-    data = datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=split)
+    data = hub_split(cfg.hub_name, cfg.hub_config, split)
     if cfg.tags_column not in data.column_names:
         raise ConfigError(
             f"{cfg.hub_name} has no column {cfg.tags_column!r} ({data.column_names}); set data.tags_column"

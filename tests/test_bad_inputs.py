@@ -308,3 +308,42 @@ def test_a_tokenizer_path_without_a_tokenizer_is_named(tmp_path):
     for path in (tmp_path, tmp_path / "notes.txt"):
         with pytest.raises(ConfigError, match=f"{path} is not a tokenizer directory"):
             load_tokenizer(str(path))
+
+
+def test_fine_tuning_files_that_used_to_end_in_a_traceback_or_a_dropped_answer(tmp_path):
+    """A CoNLL file that is not UTF-8; a SQuAD `is_impossible` given as a string ("false" counted as true and
+    dropped the answers); a training context of invisible characters only (IndexError); a hub dataset that
+    cannot be fetched (ConnectionError); a directory as data.exclude_ids_file."""
+    from finetune import qa
+    from finetune.config import FinetuneDataConfig
+    from finetune.files import hub_split
+    from finetune.token_classification import read_conll
+    from pretrain.errors import ConfigError, DataError
+
+    conll = tmp_path / "train.txt"
+    conll.write_bytes("\ufeffHe PRP B-NP\nran VBD B-VP\n".encode() + b"\xff\xfe VBD B-VP\n")
+    with pytest.raises(DataError, match=r"train.txt, line 3: not UTF-8 text"):
+        read_conll(str(conll))
+    conll.write_text("\ufeffHe PRP B-NP\nran VBD B-VP\n", encoding="utf-8")
+    assert read_conll(str(conll))[0].words == ["He", "ran"]  # the byte-order mark is not part of the first word
+
+    def squad(qa_fields: dict, context: str = "in paris") -> Path:
+        question = {"id": "q1", "question": "where?", "answers": [{"text": "paris", "answer_start": 3}], **qa_fields}
+        f = tmp_path / "squad.json"
+        f.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{"context": context, "qas": [question]}]}]}))
+        return f
+
+    with pytest.raises(DataError, match=r"qas\[0\].is_impossible is str 'false', expected true or false"):
+        qa.read_squad(str(squad({"is_impossible": "false"})))
+    assert qa.read_squad(str(squad({"is_impossible": False})))[0].answers == ["paris"]
+    tokenizer = train_tokenizer(["where is it? it is in paris."] * 20, "bert", vocab_size=120)
+    invisible = qa.read_squad(str(squad({"answers": [{"text": "\u200b", "answer_start": 0}]}, "\u200b\u200b")))
+    cfg = FinetuneDataConfig(max_length=32, doc_stride=8, max_query_length=8)
+    features = qa.windows(tokenizer, invisible, cfg, training=True)
+    assert [(f["start_positions"], f["end_positions"]) for f in features] == [(0, 0)]  # no answer in the window
+
+    with pytest.raises(ConfigError, match=r"data.hub_name=nyu-mll/glue: the train split cannot be fetched"):
+        hub_split("nyu-mll/glue", "sst2", "train")
+    rows = [{"#1 ID": "1", "#2 ID": "2", "Quality": "1"}]
+    with pytest.raises(FileNotFoundError, match=r"data.exclude_ids_file .*: a directory, not a file"):
+        cls.exclude_rows(rows, str(tmp_path), ["#1 ID", "#2 ID"])
