@@ -19,6 +19,7 @@ from .common import (
     Built,
     Evaluation,
     capped,
+    check_aux_lm_loss,
     head_matches_labels,
     jsonl,
     logits_of,
@@ -299,6 +300,7 @@ def build_task(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any) -> Built:
     num_labels = 1 if d.regression else len(labels)
     pad = padding_id(tokenizer)
     model = load_classifier(cfg.model.init, num_labels, cfg.model.lm_loss_weight, labels, pad, d.symmetric)
+    check_aux_lm_loss(cfg, model)
     causal = model.config.causal
     aux_lm = causal and cfg.model.lm_loss_weight > 0  # the batches carry the auxiliary LM loss's targets
     train_file, validation_file = cfg.files()

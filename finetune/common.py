@@ -71,6 +71,15 @@ def head_matches_labels(model: Any, head: nn.Linear, labels: list[str], init: st
     return True
 
 
+def check_aux_lm_loss(cfg: FinetuneConfig, model: Any) -> None:
+    """model.lm_loss_weight is GPT's auxiliary objective: a bidirectional model would ignore it."""
+    if cfg.model.lm_loss_weight and not model.config.causal:
+        raise ConfigError(
+            f"model.lm_loss_weight={cfg.model.lm_loss_weight}: the auxiliary LM loss is for causal (GPT-style) "
+            f"models, and model.init={cfg.model.init} is bidirectional; remove it"
+        )
+
+
 def set_dropout(model: torch.nn.Module, p: float) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):

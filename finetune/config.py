@@ -82,8 +82,20 @@ class FinetuneConfig:
             )
         if len(d.paths) > 2:
             raise ConfigError("data.paths takes [train] or [train, validation]")
+        if d.paths and (d.train or d.validation):
+            raise ConfigError("data.paths and data.train / data.validation both name files; give one of them")
         if not 0 <= d.holdout_fraction < 1:
             raise ConfigError("data.holdout_fraction must be in [0, 1)")
+        if d.holdout_fraction and (d.validation or len(d.paths) == 2):
+            raise ConfigError(
+                f"data.holdout_fraction={d.holdout_fraction} with a validation file: the file is the validation "
+                "set and nothing would be held out; remove one of them"
+            )
+        if self.model.lm_loss_weight and self.task in ("qa", "token_classification"):
+            raise ConfigError(
+                f"model.lm_loss_weight={self.model.lm_loss_weight}: the auxiliary LM loss is for GPT classification "
+                f"and multiple choice, not task={self.task}; remove it"
+            )
         if d.symmetric and (self.task != "classification" or not d.text_pair_column):
             raise ConfigError("data.symmetric=true needs task=classification with pairs (data.text_pair_column)")
         check_source("model.init", self.model.init, "checkpoint or directory")

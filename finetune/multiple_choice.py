@@ -17,7 +17,17 @@ from pretrain.errors import ConfigError, DataError
 from pretrain.train import Task
 from pretrain.train.checkpoints import load_pretrained
 
-from .common import Built, Evaluation, capped, jsonl, logits_of, padded_inputs, predict, with_validation
+from .common import (
+    Built,
+    Evaluation,
+    capped,
+    check_aux_lm_loss,
+    jsonl,
+    logits_of,
+    padded_inputs,
+    predict,
+    with_validation,
+)
 from .config import FinetuneConfig, FinetuneDataConfig
 from .files import hub_split, read_rows
 
@@ -157,6 +167,7 @@ def build_task(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any) -> Built:
     train_examples, val_examples = capped(cfg, train_examples, val_examples)
 
     model = load_pretrained(cfg.model.init, head="multiple_choice", lm_loss_weight=cfg.model.lm_loss_weight)
+    check_aux_lm_loss(cfg, model)
     causal = model.config.causal
     train_features = features(tokenizer, train_examples, d.max_length, causal)
     val_features = features(tokenizer, val_examples, d.max_length, causal)

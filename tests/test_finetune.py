@@ -449,6 +449,25 @@ def test_finetune_config_errors(tmp_path):
         FinetuneConfig(data=FinetuneDataConfig(train="x.tsv")).validate()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         cls.read_rows(str(tmp_path / "missing.tsv"))
+    # settings that contradict each other are refused, not one of them ignored
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\na\t0\n")
+    model = FinetuneModelConfig(init=str(tmp_path))
+    conflicts = [
+        (dict(data=FinetuneDataConfig(paths=[str(train)], train=str(train))), "data.paths and data.train"),
+        (dict(data=FinetuneDataConfig(train=str(train), validation=str(train), holdout_fraction=0.5)), "nothing would"),
+        (dict(task="qa", model=FinetuneModelConfig(init=str(tmp_path), lm_loss_weight=0.5)), "not task=qa"),
+    ]
+    for fields, message in conflicts:
+        with pytest.raises(ConfigError, match=message):
+            FinetuneConfig(**{"model": model, "data": FinetuneDataConfig(train=str(train)), **fields}).validate()
+    from finetune.common import check_aux_lm_loss
+    from pretrain.model import SequenceClassifier
+
+    bert = SequenceClassifier(tiny_config(), num_labels=2)
+    config = FinetuneConfig(model=FinetuneModelConfig(init="bert-run", lm_loss_weight=0.5))
+    with pytest.raises(ConfigError, match=r"model.lm_loss_weight=0.5: .* model.init=bert-run is bidirectional"):
+        check_aux_lm_loss(config, bert)
     pipe = tmp_path / "pipe.tsv"
     os.mkfifo(pipe)
     with pytest.raises(ConfigError, match=r"data.train=.*pipe.tsv: not a regular file \(a pipe, socket or device\)"):
