@@ -41,12 +41,18 @@ class ChoiceExample:
     label: int
 
 
-def _label_index(value: Any, choices: list[str]) -> int | None:
-    """A label is a choice's index (an int or a numeric string: HellaSwag stores "0".."3") or its text."""
+def _label_index(value: Any, choices: list[str], where: str) -> int | None:
+    """A label is a choice's index (an int or a numeric string: HellaSwag stores "0".."3") or its text
+    (matched against the choices as the file gives them, before any question is put in front)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
         index = int(value)
+        if isinstance(value, str) and value in choices and choices.index(value) != index:
+            raise DataError(
+                f"{where}: the label {value!r} is both the index of choice {index} and the text of choice "
+                f"{choices.index(value)}; give the label as a number (the index) in this file"
+            )
         return index if 0 <= index < len(choices) else None
     return choices.index(value) if isinstance(value, str) and value in choices else None
 
@@ -76,7 +82,12 @@ def examples_from_rows(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, wher
         for what, text in texts.items():  # null would become the text "None" (empty text is scored as it is)
             if text is None:
                 raise DataError(f"{where}, row {number}: {what} is null; fix or drop the row")
-        choices = [str(c) for c in raw_choices]
+        for i, choice in enumerate(raw_choices):
+            if not isinstance(choice, (str, int, float)) or isinstance(choice, bool):
+                raise DataError(
+                    f"{where}, row {number}: choice {i} is {type(choice).__name__} {choice!r:.40}, not text"
+                )
+        choices = raw = [str(c) for c in raw_choices]
         if cfg.question_column:
             question = str(row[cfg.question_column])
             choices = [f"{question} {c}".strip() for c in choices]
@@ -87,7 +98,7 @@ def examples_from_rows(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, wher
             )
         if len(choices) < 2:
             raise DataError(f"{where}, row {number}: {len(choices)} choice(s); multiple choice needs at least 2")
-        label = _label_index(row[cfg.label_column], choices)
+        label = _label_index(row[cfg.label_column], raw, f"{where}, row {number}")
         if label is None:
             raise DataError(
                 f"{where}, row {number}: label {row[cfg.label_column]!r} is outside the choices "

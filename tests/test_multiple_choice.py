@@ -130,6 +130,20 @@ def test_bad_rows_name_file_and_row(tmp_path):
         mc.examples_from_rows(rows({**good, "context": None}), cfg, str(f))
     with pytest.raises(DataError, match=r"train.jsonl, row 2: choice 1 is null"):
         mc.examples_from_rows(rows({**good, "choices": ["a", None]}), cfg, str(f))
+    with pytest.raises(DataError, match=r"train.jsonl, row 2: choice 1 is dict \{'a': 1\}, not text"):
+        mc.examples_from_rows(rows({**good, "choices": ["a", {"a": 1}]}), cfg, str(f))
+    # "2" could be the index 2 or the choice "2" (index 1): refused, not read as either
+    numbers = {"context": "1+1=", "choices": ["1", "2", "3"], "label": "2"}
+    f.write_text(json.dumps(numbers) + "\n")
+    with pytest.raises(DataError, match=r"row 1: the label '2' is both the index of choice 2 and the text of choice 1"):
+        mc.examples_from_rows(read_rows(str(f)), cfg, str(f))
+    f.write_text(json.dumps({**numbers, "label": 1}) + "\n")  # a number is an index
+    assert mc.examples_from_rows(read_rows(str(f)), cfg, str(f))[0].label == 1
+    # a label given as a choice's text is matched before the question is put in front (SWAG's sent2)
+    swag = FinetuneDataConfig(question_column="q")
+    text_label = {"context": "c", "q": "He", "choices": ["walks in", "sits"], "label": "walks in"}
+    f.write_text(json.dumps(text_label) + "\n")
+    assert mc.examples_from_rows(read_rows(str(f)), swag, str(f))[0].label == 0
     with pytest.raises(ConfigError, match="data.symmetric=true needs task=classification with pairs"):
         FinetuneConfig(
             model=FinetuneModelConfig(init="x"), data=FinetuneDataConfig(train="t", symmetric=True)
