@@ -250,9 +250,10 @@ def assemble(
 
 
 def conll_text(sentences: list[Sentence], predicted: list[list[str]]) -> str:
-    """`word gold predicted` per line, blank lines between sentences: conlleval's input format."""
+    """`word gold predicted` per line, blank lines between sentences: conlleval's input format. A word with
+    spaces in it (JSON "New York") or none is written with underscores, so every line keeps three fields."""
     blocks = [
-        "".join(f"{w} {g} {p}\n" for w, g, p in zip(s.words, s.tags, tags, strict=True))
+        "".join(f"{'_'.join(w.split()) or '_'} {g} {p}\n" for w, g, p in zip(s.words, s.tags, tags, strict=True))
         for s, tags in zip(sentences, predicted, strict=True)
     ]
     return "\n".join(blocks)

@@ -379,3 +379,13 @@ def test_token_classification_resumes_exactly(tmp_path, bert_tokenizer, monkeypa
     a = load_file(str(tmp_path / "full/checkpoints/step-00000006/model.safetensors"))
     b = load_file(str(tmp_path / "killed/checkpoints/step-00000006/model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_predictions_file_keeps_three_fields_for_words_with_spaces_or_none():
+    """JSON words may hold spaces ("New York") or be empty: predictions.conll stays readable by conlleval."""
+    sentences = [tc.Sentence(["New York", "", "is"], ["B-LOC", "O", "O"])]
+    text = tc.conll_text(sentences, [["B-LOC", "O", "B-LOC"]])
+    assert text.splitlines() == ["New_York B-LOC B-LOC", "_ O O", "is O B-LOC"]
+    assert conlleval.evaluate_lines(text.splitlines()) == conlleval.evaluate(
+        [["B-LOC", "O", "O"]], [["B-LOC", "O", "B-LOC"]]
+    )
