@@ -138,11 +138,13 @@ def tag_vocabulary(
     return labels + unseen
 
 
-def check_tags(sentences: list[Sentence], labels: list[str], where: str) -> None:
+def check_tags(sentences: list[Sentence], labels: list[str], where: str, named: bool = False) -> None:
+    """Every tag is one of `labels`; `named`: they are data.label_names (else the training data's or hub's)."""
     unseen = sorted({t for s in sentences for t in s.tags} - set(labels))
     if unseen:
+        source = "data.label_names does not list" if named else "the training data does not have"
         raise DataError(
-            f"{where} has tags {unseen[:10]} that the training data does not have (tags: {labels}); "
+            f"{where} has tags {unseen[:10]} that {source} (tags: {labels}); "
             "fix the data or list every tag in data.label_names"
         )
 
@@ -273,8 +275,8 @@ def build_task(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any) -> Built:
     )
     train_sentences, val_sentences = capped(cfg, train_sentences, val_sentences)
     labels = tag_vocabulary(train_sentences, d, hub_names, val_sentences)
-    check_tags(train_sentences, labels, train_file or d.train_split)
-    check_tags(val_sentences, labels, validation_file or d.validation_split)
+    check_tags(train_sentences, labels, train_file or d.train_split, named=bool(d.label_names))
+    check_tags(val_sentences, labels, validation_file or d.validation_split, named=bool(d.label_names))
 
     model = load_pretrained(cfg.model.init, head="token_classification", num_labels=len(labels))
     if not head_matches_labels(model, model.classifier, labels, cfg.model.init):

@@ -95,7 +95,7 @@ def test_damaged_latest_checkpoint_resumes_from_the_previous_one(tmp_path, caplo
 def test_export_and_init_skip_a_truncated_checkpoint(tmp_path, caplog, capsys):
     """A run whose newest checkpoint was cut short: its directory stands for the previous intact one
     (warned), the damaged step itself is refused by name; they used to fail inside safetensors."""
-    from pretrain.train.checkpoints import load_pretrained
+    from pretrain.train.checkpoints import load_pretrained, resolve_run_dir
     from scripts import export
 
     cfg = tiny_run(tmp_path)
@@ -107,6 +107,7 @@ def test_export_and_init_skip_a_truncated_checkpoint(tmp_path, caplog, capsys):
         export.main([str(out), str(tmp_path / "exported")])
     assert "step-00000006: model.safetensors has 100 bytes" in caplog.text
     load_pretrained(out)  # a start resolves the run again (model.init: its tokenizer, then its weights)
+    assert resolve_run_dir(out / "checkpoints") == out / "checkpoints/step-00000003"  # its checkpoints/: the run
     assert caplog.text.count("using the one before it") == 1  # warned once per process
     assert "checkpoints/step-00000003 ->" in capsys.readouterr().out
     assert (tmp_path / "exported/model.safetensors").exists()

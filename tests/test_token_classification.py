@@ -389,3 +389,11 @@ def test_predictions_file_keeps_three_fields_for_words_with_spaces_or_none():
     assert conlleval.evaluate_lines(text.splitlines()) == conlleval.evaluate(
         [["B-LOC", "O", "O"]], [["B-LOC", "O", "B-LOC"]]
     )
+
+
+def test_a_tag_outside_data_label_names_blames_the_list():
+    sentences = [tc.Sentence(["a"], ["B-NP"]), tc.Sentence(["b"], ["B-VP"])]
+    with pytest.raises(DataError, match=r"train.txt has tags \['B-VP'\] that data.label_names does not list"):
+        tc.check_tags(sentences, ["B-NP", "I-NP"], "train.txt", named=True)
+    with pytest.raises(DataError, match=r"dev.txt has tags \['B-VP'\] that the training data does not have"):
+        tc.check_tags(sentences, ["B-NP"], "dev.txt")

@@ -139,7 +139,9 @@ _WARNED_DAMAGED: set[tuple[str, str]] = set()
 def resolve_run_dir(path: Path) -> Path:
     """A run directory (one with checkpoints/) stands for its newest checkpoint whose files have the
     sizes its manifest recorded (a truncated newer one is skipped, warned); any other path is
-    returned as it is."""
+    returned as it is. A run's checkpoints/ directory stands for the run."""
+    if path.name == "checkpoints" and list_checkpoints(path):
+        path = path.parent
     if (path / "checkpoints").is_dir() and not (path / "model.json").exists():
         lineage = list_checkpoints(path / "checkpoints")
         for candidate in reversed(lineage):
