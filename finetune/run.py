@@ -10,10 +10,12 @@ from typing import Any
 
 from pretrain.config import to_dict
 from pretrain.errors import ConfigError, check_output_dir
+from pretrain.interop import config_from_hf
+from pretrain.model import TransformerConfig
 from pretrain.tokenizer import load_tokenizer
 from pretrain.tokenizer_identity import same_tokenizer, saved_tokenizer_dir
 from pretrain.train import make_accelerator, prepare_output_dir, train
-from pretrain.train.checkpoints import save_model_dir
+from pretrain.train.checkpoints import read_model_meta, resolve_run_dir, save_model_dir
 
 from . import classification, multiple_choice, qa, token_classification
 from .common import find_tokenizer, set_dropout
@@ -58,6 +60,33 @@ class BestModel:
             (self.out / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
 
 
+def local_model_config(init: str) -> TransformerConfig | None:
+    """model.init's structure, read from its config file alone: our checkpoint's model.json or a Hugging Face
+    directory's config.json; None for a hub name (known once it is loaded)."""
+    path = resolve_run_dir(Path(init).expanduser())
+    try:
+        if (path / "model.json").is_file():
+            return TransformerConfig.from_dict(read_model_meta(path)["config"])
+        if (path / "config.json").is_file():
+            return config_from_hf(json.loads((path / "config.json").read_text()))
+    except (ValueError, KeyError, TypeError):  # a damaged or foreign file: the model's load names the problem
+        return None
+    return None
+
+
+def check_model_fits(cfg: FinetuneConfig, tokenizer: Any, config: TransformerConfig) -> None:
+    if len(tokenizer) > config.vocab_size:
+        raise ConfigError(
+            f"the tokenizer has {len(tokenizer)} tokens but model.init's vocabulary is {config.vocab_size}; "
+            "use the tokenizer the model was trained with (model.tokenizer=...)"
+        )
+    if cfg.data.max_length > config.max_positions:
+        raise ConfigError(
+            f"data.max_length={cfg.data.max_length} is longer than the model's position table "
+            f"({config.max_positions}); lower data.max_length"
+        )
+
+
 def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     """Fine-tune as configured; returns the final evaluation metrics (also in metrics.json)."""
     from accelerate.utils import set_seed
@@ -74,19 +103,13 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
             f"model.tokenizer={cfg.model.tokenizer} is not the tokenizer model.init={cfg.model.init} was trained with "
             f"({saved}): their vocabularies differ in content; remove model.tokenizer to use the model's own"
         )
+    early = local_model_config(cfg.model.init)
+    if early is not None:  # before the data are read and tokenised
+        check_model_fits(cfg, tokenizer, early)
     builder = TASKS[cfg.task]
     set_seed(cfg.seed)
     task, final_eval, metric = builder(cfg, tokenizer, accelerator)
-    if len(tokenizer) > task.model.config.vocab_size:
-        raise ConfigError(
-            f"the tokenizer has {len(tokenizer)} tokens but model.init's vocabulary is {task.model.config.vocab_size}; "
-            "use the tokenizer the model was trained with (model.tokenizer=...)"
-        )
-    if cfg.data.max_length > task.model.config.max_positions:
-        raise ConfigError(
-            f"data.max_length={cfg.data.max_length} is longer than the model's position table "
-            f"({task.model.config.max_positions}); lower data.max_length"
-        )
+    check_model_fits(cfg, tokenizer, task.model.config)
     if cfg.model.dropout is not None:
         set_dropout(task.model, cfg.model.dropout)
     if cfg.eval_per_epoch:

@@ -500,3 +500,21 @@ def test_mrpc_train_is_built_as_glue_builds_it(shared_data):
     assert sum(r["Quality"] == "1" for r in train) == 2474
     with pytest.raises(ConfigError, match="id_columns"):
         cls.exclude_rows(rows, str(mrpc / "dev_ids.tsv"), None)
+
+
+def test_a_model_too_short_for_data_max_length_is_refused_before_the_data_are_read(
+    tmp_path, tiny_bert_checkpoint, tiny_gpt_export, monkeypatch
+):
+    """Read from model.init's config file (our model.json or an HF config.json), before any file is tokenised."""
+    import finetune.run
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were read before the model's size was checked")
+
+    monkeypatch.setitem(finetune.run.TASKS, "classification", no_data)
+    train_file, dev_file = sentiment_files(tmp_path)
+    for init, positions in ((tiny_bert_checkpoint, 128), (tiny_gpt_export, 64)):
+        cfg = finetune_config(tmp_path / "out", init, train_file, dev_file)
+        cfg.data.max_length = 256
+        with pytest.raises(ConfigError, match=rf"data.max_length=256 is longer than .* position table \({positions}\)"):
+            run_finetune(cfg)
