@@ -155,8 +155,8 @@ def test_internal_errors_keep_their_traceback(tmp_path):
 
 def finetune(tmp_path, ckpt, train_file, *extra, task="classification", dev_file=None):
     args = [f"task={task}", f"model.init={ckpt}", f"data.train={train_file}", f"train.output_dir={tmp_path / 'out'}"]
-    args += [f"data.validation={dev_file or train_file}", "train.max_steps=1", *extra]
-    args += ["data=squad"] if task == "qa" else []
+    args += [f"data.validation={dev_file or train_file}", "train.max_steps=1", "data.max_length=64", *extra]
+    args += ["data=squad", "data.max_query_length=16", "data.doc_stride=16"] if task == "qa" else []
     return run(args, tmp_path, "finetune")
 
 
