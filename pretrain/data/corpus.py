@@ -272,12 +272,27 @@ def _column(record: Any, column: str, path: Path) -> str:
     if column not in record:
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise ConfigError(f"{path}: a record has no column {column!r} (it has {keys}); set data.text_column")
-    return _text(record[column])
+    return _text(record[column], path)
 
 
-def _text(value: Any) -> str:
-    """A cell as text, the same for every file type: a string as it is, a number as written, null as nothing."""
-    return value if isinstance(value, str) else ("" if value is None else str(value))
+def _text(value: Any, where: Any) -> str:
+    """A cell as text, the same for every file type: a string as it is, bytes as UTF-8 (a Parquet binary
+    column), a number as written, null as nothing; a list or an object is not text (its repr would be trained)."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{where}: a text cell holds bytes that are not UTF-8 text; convert the column") from None
+    if isinstance(value, (list, tuple, dict)):
+        raise DataError(
+            f"{where}: a text cell is a {type(value).__name__} ({value!r:.40}), not text; point data.text_column at "
+            "a column of strings"
+        )
+    return str(value)
 
 
 def parquet_rows(path: Path, column: str) -> Iterator[str]:
@@ -294,7 +309,7 @@ def parquet_rows(path: Path, column: str) -> Iterator[str]:
         raise ConfigError(f"{path} has no column {column!r} (columns: {f.schema_arrow.names}); set data.text_column")
     for batch in f.iter_batches(columns=[column], batch_size=2048):
         for value in batch.column(0).to_pylist():
-            yield _text(value)
+            yield _text(value, path)
 
 
 def hub_rows(source: HubSource) -> Iterator[str]:
@@ -316,7 +331,7 @@ def hub_rows(source: HubSource) -> Iterator[str]:
                 f"the data {source.name} has no column {source.text_column!r} (columns: {sorted(row)}); "
                 "set data.text_column"
             )
-        yield _text(row[source.text_column])
+        yield _text(row[source.text_column], f"the data {source.name}")
 
 
 # ----------------------------------------------------------------------------- the corpus

@@ -42,7 +42,7 @@ from .sampling import corpus_bytes, corpus_stamp, cpu_count
 
 log = logging.getLogger(__name__)
 
-TOKENS_VERSION = "4"  # 4: "\r\n" / "\r" read as line ends, a byte-order mark dropped
+TOKENS_VERSION = "5"  # 4: "\r\n" / "\r" read as line ends, a byte-order mark dropped; 5: bytes cells decoded
 DOCS_PER_BLOCK = 1000  # documents tokenised together (fewer when they reach BYTES_PER_BLOCK)
 BYTES_PER_BLOCK = 4_000_000  # bounds the memory of one block whatever the size of the documents
 

@@ -19,7 +19,7 @@ def trained_tokenizer_dir(cfg: DataConfig, family: str) -> Path:
     stamp and the sample settings, never the cache location: the same corpus and settings give the
     same tokenizer (training is deterministic on a fixed sample, in any process)."""
     key = key_of(
-        "tokenizer-4",  # 3: WordPiece ties broken by codepoint, not hash order; 4: line ends as text mode reads them
+        "tokenizer-5",  # 3: WordPiece ties by codepoint; 4: line ends as text mode reads them; 5: bytes cells decoded
         corpus_stamp(cfg),
         cfg.format,
         cfg.text_column,
