@@ -224,6 +224,14 @@ class TrainConfig:
     peak_flops: float | None = None  # device peak FLOP/s for the logged MFU; None: from the GPU table
 
     def validate(self) -> None:
+        if self.wandb_project:  # checked now, not after the data are prepared
+            import importlib.util
+
+            if importlib.util.find_spec("wandb") is None:
+                raise ConfigError(
+                    f"train.wandb_project={self.wandb_project} needs the wandb package: pip install wandb, or remove "
+                    "train.wandb_project (metrics.jsonl and TensorBoard are always written)"
+                )
         positive = ("max_steps", "batch_size", "grad_accum_steps", "log_every", "keep_last", "max_bad_steps")
         for name in positive:
             if getattr(self, name) <= 0:

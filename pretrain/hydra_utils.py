@@ -76,6 +76,23 @@ def report_and_exit(e: BaseException) -> None:
     sys.exit(USER_ERROR)
 
 
+def _refuse_deletions() -> None:
+    """`~key` removes a setting from the composed config, and the dataclass default (not the preset's value)
+    would then be used without a word: refused."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from .errors import ConfigError
+
+    if not HydraConfig.initialized():
+        return
+    deleted = [o for o in HydraConfig.get().overrides.task if o.startswith("~")]
+    if deleted:
+        raise ConfigError(
+            f"{deleted[0]} deletes a setting, and the built-in default (not the preset's value) would be used; "
+            f"give it a value instead ({deleted[0][1:].split('=')[0]}=...)"
+        )
+
+
 def clear_errors(job: Callable[[Any], None]) -> Callable[[Any], None]:
     """Wraps a hydra job: user errors end the run with their message on one line (status 2); any
     other exception prints its full traceback (status 1), which hydra would otherwise shorten."""
@@ -85,6 +102,7 @@ def clear_errors(job: Callable[[Any], None]) -> Callable[[Any], None]:
         global _job_started
         _job_started = True
         try:
+            _refuse_deletions()
             job(raw)
         except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs
             report_and_exit(e)

@@ -33,7 +33,13 @@ def get_tokenizer(cfg: PretrainConfig, out: Path, is_main: bool, accelerator: An
     or train one on a sample of the corpus (main process first, the others then load it)."""
     saved = out / "tokenizer"
     if (saved / "tokenizer_config.json").exists() and cfg.train.resume is not None:
-        return load_tokenizer(str(saved))
+        tokenizer = load_tokenizer(str(saved))
+        if cfg.data.tokenizer and not same_tokenizer(load_tokenizer(cfg.data.tokenizer), tokenizer):
+            raise ConfigError(
+                f"data.tokenizer={cfg.data.tokenizer} is not the tokenizer of the run being resumed ({saved}); a "
+                "resumed run keeps its own: remove data.tokenizer, or start a new run in another train.output_dir"
+            )
+        return tokenizer
     if cfg.data.tokenizer:
         tokenizer = load_tokenizer(cfg.data.tokenizer)
     else:
@@ -56,6 +62,17 @@ def build_pretraining_model(cfg: PretrainConfig, tokenizer: Any) -> torch.nn.Mod
             )
         return model
     return build_model(cfg.model.transformer_config(tokenizer), head)
+
+
+def check_positions(cfg: PretrainConfig, config: Any) -> None:
+    """RoBERTa's positions start after pad_token_id: a data.max_length block needs that many more rows."""
+    if config.positions_skip_padding and cfg.data.max_length + config.pad_token_id + 1 > config.max_positions:
+        needed = cfg.data.max_length + config.pad_token_id + 1
+        raise ConfigError(
+            f"data.max_length={cfg.data.max_length} needs {needed} positions with model.family={cfg.model.family} "
+            f"(they count from pad_token_id + 1 = {config.pad_token_id + 1}), but model.max_positions="
+            f"{config.max_positions}; raise model.max_positions to {needed} or lower data.max_length"
+        )
 
 
 def evaluate_pretraining(
@@ -146,6 +163,7 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
     family = cfg.model.style
     set_seed(cfg.seed)  # the data preparation draws from its own seeded generators, not the global one
     model = build_pretraining_model(cfg, tokenizer)
+    check_positions(cfg, model.config)
     if resume_from is not None:  # a checkpoint of another model is refused before hours of tokenising
         check_resumable_model(resume_from, model)
     with accelerator.main_process_first():  # one process prepares the shards, the others map them

@@ -347,3 +347,53 @@ def test_fine_tuning_files_that_used_to_end_in_a_traceback_or_a_dropped_answer(t
     rows = [{"#1 ID": "1", "#2 ID": "2", "Quality": "1"}]
     with pytest.raises(FileNotFoundError, match=r"data.exclude_ids_file .*: a directory, not a file"):
         cls.exclude_rows(rows, str(tmp_path), ["#1 ID", "#2 ID"])
+
+
+def test_pretraining_inputs_found_by_the_second_probe(tmp_path, monkeypatch, ckpts):
+    """A list or an object in a text column (its repr was trained), a Parquet binary text column (trained as
+    b'...'); num_kv_heads=0 (read as "all heads"); a RoBERTa position table too short for data.max_length
+    (a traceback at the first step, after the data were prepared); wandb asked for but not installed (a
+    traceback after the data); resuming with another data.tokenizer (the old one was kept, silently)."""
+    import importlib.util
+
+    import pyarrow
+    import pyarrow.parquet as pq
+    from test_pretraining import tiny_run
+
+    from pretrain.config import ConfigError, TrainConfig
+    from pretrain.data.corpus import json_rows, parquet_rows
+    from pretrain.errors import DataError
+    from pretrain.pretraining import check_positions, run_pretraining
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "fine"}\n{"text": ["a", "b"]}\n')
+    with pytest.raises(DataError, match=r"rows.jsonl: a text cell is a list \(\['a', 'b'\]\), not text"):
+        list(json_rows(rows, "text"))
+    table = tmp_path / "binary.parquet"
+    pq.write_table(pyarrow.table({"text": pyarrow.array([b"First Citizen:\nBefore", None], pyarrow.binary())}), table)
+    assert list(parquet_rows(table, "text")) == ["First Citizen:\nBefore", ""]
+
+    with pytest.raises(ValueError, match=r"num_kv_heads \(0\) must divide num_heads"):
+        tiny_config(num_kv_heads=0)
+
+    roberta = tiny_run(tmp_path)
+    roberta.model.family, roberta.data.max_length = "roberta", 128
+    positions = type("Config", (), {"positions_skip_padding": True, "pad_token_id": 1, "max_positions": 128})
+    with pytest.raises(ConfigError, match=r"data.max_length=128 needs 130 positions .* raise model.max_positions"):
+        check_positions(roberta, positions)
+
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(ConfigError, match=r"train.wandb_project=abc needs the wandb package"):
+            TrainConfig(wandb_project="abc").validate()
+
+    cfg = tiny_run(tmp_path, max_steps=3, save_every=3, eval_every=0)
+    run_pretraining(cfg)
+    resumed = tiny_run(tmp_path, max_steps=6, save_every=3, eval_every=0, resume="auto")
+    resumed.data.tokenizer = str(ckpts["bert_other"])
+    with pytest.raises(ConfigError, match=r"data.tokenizer=.* is not the tokenizer of the run being resumed"):
+        run_pretraining(resumed)
+
+
+def test_a_deleted_setting_is_refused_not_replaced_by_the_builtin_default(tmp_path):
+    status, stderr = run(["~model.hidden_size", f"train.output_dir={tmp_path}/run"], ROOT, "pretrain")
+    assert_user_error(status, stderr, "~model.hidden_size deletes a setting", "give it a value instead")

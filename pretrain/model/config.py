@@ -67,7 +67,7 @@ class TransformerConfig:
             raise ValueError("model config: segment_vocab_size must be >= 0 (0 = no segment embeddings)")
         if self.position_embedding == "sinusoidal" and self.hidden_size % 2:
             raise ValueError("model config: sinusoidal positions need an even hidden_size")
-        kv_heads = self.num_kv_heads or self.num_heads
+        kv_heads = self.num_kv_heads if self.num_kv_heads is not None else self.num_heads
         if kv_heads <= 0 or self.num_heads % kv_heads:
             raise ValueError(
                 f"model config: num_kv_heads ({self.num_kv_heads}) must divide num_heads ({self.num_heads}); "
