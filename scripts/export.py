@@ -47,6 +47,15 @@ def check_head(own: str, head: str | None, causal: bool) -> None:
     )
 
 
+def _run_owned(path: Path) -> bool:
+    """A run's checkpoints/ or tokenizer/ directory (or a step-* checkpoint): the run rewrites and prunes them."""
+    from pretrain.train.checkpoints import list_checkpoints
+
+    if path.name == "checkpoints":
+        return bool(list_checkpoints(path))
+    return path.name == "tokenizer" and bool(list_checkpoints(path.parent / "checkpoints"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a checkpoint directory of ours, or a run directory (its latest checkpoint)")
@@ -73,6 +82,9 @@ def export(checkpoint: Path, out_dir: Path, head: str | None) -> None:
     src = resolve_checkpoint(checkpoint)
     meta = read_model_meta(src)
     check_head(meta["head"], head, bool(meta["config"].get("causal")))
+    inside = next((p for p in (out_dir.resolve(), *out_dir.resolve().parents) if _run_owned(p)), None)
+    if inside is not None:  # a later save or pruning of the run would overwrite or delete the export
+        fail(f"{out_dir} is inside {inside}, which the run manages; export to a directory outside it")
     if (out_dir / "config.json").exists() or (out_dir / "model.safetensors").exists():
         fail(f"{out_dir} already holds a model; choose another output directory or remove it first")
     check_output_dir("out_dir", out_dir)

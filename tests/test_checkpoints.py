@@ -119,6 +119,10 @@ def test_export_and_init_skip_a_truncated_checkpoint(tmp_path, caplog, capsys):
     with pytest.raises(SystemExit, match="2"):
         export.main([str(out), ""])
     assert "out_dir is empty" in capsys.readouterr().err
+    for inside in ("checkpoints/step-00000003/hf", "tokenizer"):  # a later save or pruning would clobber it
+        with pytest.raises(SystemExit, match="2"):
+            export.main([str(out), str(out / inside)])
+        assert "which the run manages; export to a directory outside it" in capsys.readouterr().err
     # the optimizer's state is not the model's: a checkpoint copied without state/ still loads
     shutil.rmtree(out / "checkpoints/step-00000003/state")
     assert load_pretrained(out) is not None
