@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ def build_pretraining_model(cfg: PretrainConfig, tokenizer: Any) -> torch.nn.Mod
                 f"model.init={cfg.model.init} has a vocabulary of {model.config.vocab_size} but the tokenizer has "
                 f"{len(tokenizer)}; pass its own tokenizer as data.tokenizer"
             )
+        adopt_init_structure(cfg, model.config)
         return model
     return build_model(cfg.model.transformer_config(tokenizer), head)
 
@@ -73,6 +75,25 @@ def check_positions(cfg: PretrainConfig, config: Any) -> None:
             f"(they count from pad_token_id + 1 = {config.pad_token_id + 1}), but model.max_positions="
             f"{config.max_positions}; raise model.max_positions to {needed} or lower data.max_length"
         )
+
+
+def adopt_init_structure(cfg: PretrainConfig, loaded: Any) -> None:
+    """A model.init model keeps its own structure: the model.* values that differ are named (warned), and
+    replaced in cfg by the model's, so the run's config.json records the model that is trained."""
+    derived = {"vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "causal"}
+    differing = [
+        (f.name, getattr(cfg.model, f.name), getattr(loaded, f.name))
+        for f in dataclasses.fields(loaded)
+        if f.name not in derived and getattr(cfg.model, f.name) != getattr(loaded, f.name)
+    ]
+    if differing:
+        log.warning(
+            "model.init=%s keeps its own structure; these model.* settings are not used: %s",
+            cfg.model.init,
+            ", ".join(f"{name}={ours!r} (the model's: {theirs!r})" for name, ours, theirs in differing),
+        )
+    for name, _, theirs in differing:
+        setattr(cfg.model, name, theirs)
 
 
 def evaluate_pretraining(

@@ -334,3 +334,20 @@ def test_fine_tuning_a_fine_tuned_model_further_keeps_its_trained_head(tmp_path,
     save_model_dir(chooser, tmp_path / "chooser")
     again = load_pretrained(tmp_path / "chooser", head="multiple_choice", lm_loss_weight=0.5)
     assert torch.equal(again.classifier.weight, chooser.classifier.weight) and again.lm_loss_weight == 0.5
+
+
+@pytest.mark.slow  # two tiny in-process training runs
+def test_model_init_keeps_its_structure_and_names_the_settings_it_overrides(tmp_path, caplog):
+    """model.* sizes that differ from model.init's model were ignored without a word, and the run's
+    config.json recorded them as if they had been used."""
+    first = tiny_run(tmp_path / "a", max_steps=2, save_every=2, eval_every=0)
+    run_pretraining(first)
+    second = tiny_run(tmp_path / "b", max_steps=2, save_every=2, eval_every=0)
+    second.model.init, second.model.hidden_size = str(Path(first.train.output_dir)), 64
+    with caplog.at_level(logging.WARNING):
+        run_pretraining(second)
+    assert "keeps its own structure; these model.* settings are not used: hidden_size=64 (the model's: 32)" in (
+        caplog.text
+    )
+    recorded = json.loads((Path(second.train.output_dir) / "config.json").read_text())
+    assert recorded["model"]["hidden_size"] == 32
