@@ -351,3 +351,29 @@ def test_model_init_keeps_its_structure_and_names_the_settings_it_overrides(tmp_
     )
     recorded = json.loads((Path(second.train.output_dir) / "config.json").read_text())
     assert recorded["model"]["hidden_size"] == 32
+
+
+@pytest.mark.slow  # a tiny in-process training run
+def test_a_directory_in_use_by_a_live_run_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    """Two runs started into one output_dir interleaved their checkpoints and metrics."""
+    import socket
+    import subprocess
+
+    from pretrain.train.resume import prepare_output_dir
+
+    cfg = tiny_run(tmp_path, max_steps=2, save_every=2, eval_every=0)
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (out / ".lock").write_text(f"{socket.gethostname()} {other.pid}")
+        with pytest.raises(ConfigError, match=rf"is in use by another run \(process {other.pid}\)"):
+            run_pretraining(cfg)
+    finally:
+        other.kill()
+        other.wait()
+    run_pretraining(cfg)  # the same lock, its process gone: taken over
+    assert not (out / ".lock").exists()  # released when the run ends
+    cfg.train.resume = "auto"
+    prepare_output_dir(cfg.train)
+    assert (out / ".lock").read_text() == f"{socket.gethostname()} {os.getpid()}"

@@ -46,6 +46,7 @@ from .resume import (
     load_checkpoint,
     log_data_change,
     prepare_output_dir,
+    unlock_output_dir,
 )
 from .signals import StopSignals, TrainingStopped
 
@@ -251,6 +252,7 @@ def train(
             progress.bar.close()
             metrics.close()
     finish_run(task, run, cfg, accelerator)
+    unlock_output_dir(out)
     return last_eval
 
 

@@ -3,8 +3,11 @@ ones), and the checks that make a resumed run continue the same one (the global 
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,13 +43,59 @@ def prepare_output_dir(cfg: TrainConfig) -> Path | None:
                 f"train.output_dir={out} already holds a run; pass train.resume=auto to continue it, "
                 "or choose another train.output_dir / train.run_name"
             )
+        lock_output_dir(out)
         return None
+    lock_output_dir(out)
     if cfg.resume == "auto":
         return latest_checkpoint(checkpoints)
     path = resolve_run_dir(Path(cfg.resume))
     if not (path / "trainer_state.pt").exists():
         raise FileNotFoundError(f"train.resume={cfg.resume}: no checkpoint there (no trainer_state.pt)")
     return path
+
+
+LOCK = ".lock"
+
+
+def lock_output_dir(out: Path) -> None:
+    """One run at a time in a directory: two would interleave their checkpoints and metrics. The first
+    process of a run (RANK 0) writes its host and pid to out/.lock, removed when it exits; a lock whose
+    process is gone (killed, preempted) or that another host wrote is taken over."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    lock, me = out / LOCK, f"{socket.gethostname()} {os.getpid()}"
+    try:
+        host, pid = lock.read_text().split()
+        held = host == socket.gethostname() and int(pid) != os.getpid() and _alive(int(pid))
+    except (OSError, ValueError):  # no lock, or an unreadable one
+        held = False
+    if held:
+        raise ConfigError(
+            f"train.output_dir={out} is in use by another run (process {pid}); wait for it to finish or choose "
+            f"another train.output_dir (if no run is using it, remove {lock})"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    lock.write_text(me)
+    atexit.register(unlock_output_dir, out)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def unlock_output_dir(out: Path) -> None:
+    """Removes out/.lock if this process wrote it (at the end of training, and at exit)."""
+    try:
+        if (out / LOCK).read_text() == f"{socket.gethostname()} {os.getpid()}":
+            (out / LOCK).unlink()
+    except OSError:
+        pass
 
 
 def working_batches(global_batch: int, world: int) -> str:
