@@ -303,6 +303,9 @@ def test_unsupported_inputs(tmp_path):
         with pytest.raises(ValueError, match=f"cannot export to Hugging Face {message}"):
             save_hf(model, tmp_path / "z")
         assert not (tmp_path / "z").exists()
+    # a BERT made pre-LN exports as ModernBERT, which has no NSP class: the message says why it is ModernBERT
+    with pytest.raises(ValueError, match=r"'pretraining' head .* exports as modernbert for its norm_placement='pre'"):
+        save_hf(BertPretraining(tiny_config(norm_placement="pre")), tmp_path / "z")
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_hf(tmp_path)
     with pytest.raises(FileNotFoundError):

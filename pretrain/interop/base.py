@@ -130,17 +130,22 @@ def hf_from_ours(ours: torch.Tensor, how: How) -> Any:
     return ours.split(list(how[1]), dim=0)
 
 
+def modern_switches(config: TransformerConfig) -> list[str]:
+    """The switches on that neither BERT nor GPT-2 has (a model with any exports as ModernBERT or Llama)."""
+    switches = {
+        "position_embedding='rotary'": config.position_embedding == "rotary",
+        "norm='rmsnorm'": config.norm == "rmsnorm",
+        "gated_mlp=true": config.gated_mlp,
+        f"num_kv_heads={config.num_kv_heads}": config.kv_heads != config.num_heads,
+        "bias=false": not config.bias,
+        f"local_attention={config.local_attention}": bool(config.local_attention),
+        "head_transform=true": config.head_transform,
+    }
+    return [name for name, on in switches.items() if on]
+
+
 def is_modern(config: TransformerConfig) -> bool:
-    """Uses a switch that neither BERT nor GPT-2 has (so it exports as ModernBERT or Llama)."""
-    return (
-        config.position_embedding == "rotary"
-        or config.norm == "rmsnorm"
-        or config.gated_mlp
-        or config.kv_heads != config.num_heads
-        or not config.bias
-        or bool(config.local_attention)
-        or config.head_transform
-    )
+    return bool(modern_switches(config))
 
 
 # ----------------------------------------------------------------------------- adapters
@@ -185,9 +190,13 @@ class Adapter:
     def architecture(self, model: AnyModel) -> str:
         head = head_name(model)
         if head not in self.architectures:
+            why = modern_switches(model.config)
+            if model.config.norm_placement == "pre" and not model.config.causal:
+                why.append("norm_placement='pre'")
             raise ValueError(
                 f"Hugging Face {self.model_type} has no class for our {head!r} head "
                 f"({type(model).__name__}); it has {sorted(self.architectures.values())}"
+                + (f". The model exports as {self.model_type} for its {', '.join(why)}." if why else ".")
             )
         return self.architectures[head]
 
