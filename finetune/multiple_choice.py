@@ -41,26 +41,27 @@ class ChoiceExample:
     label: int
 
 
-def _label_index(value: Any, choices: list[str], where: str) -> int | None:
+def _label_index(value: Any, choices: list[str]) -> int | None:
     """A label is a choice's index (an int or a numeric string: HellaSwag stores "0".."3") or its text
     (matched against the choices as the file gives them, before any question is put in front)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
         index = int(value)
-        if isinstance(value, str) and value in choices and choices.index(value) != index:
-            raise DataError(
-                f"{where}: the label {value!r} is both the index of choice {index} and the text of choice "
-                f"{choices.index(value)}; give the label as a number (the index) in this file"
-            )
         return index if 0 <= index < len(choices) else None
     return choices.index(value) if isinstance(value, str) and value in choices else None
+
+
+def _ambiguous(value: Any, choices: list[str]) -> bool:
+    """A numeric string label that is also the text of another choice than the one its index names."""
+    return isinstance(value, str) and value in choices and _label_index(value, choices) != choices.index(value)
 
 
 def examples_from_rows(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, where: str) -> list[ChoiceExample]:
     if not rows:
         raise DataError(f"{where} has no examples")
     examples: list[ChoiceExample] = []
+    ambiguous: list[int] = []
     for number, row in enumerate(rows, start=1):
         needed = [cfg.context_column, cfg.label_column] + (cfg.choice_columns or [cfg.choices_column or "choices"])
         needed += [cfg.question_column] if cfg.question_column else []
@@ -98,13 +99,23 @@ def examples_from_rows(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, wher
             )
         if len(choices) < 2:
             raise DataError(f"{where}, row {number}: {len(choices)} choice(s); multiple choice needs at least 2")
-        label = _label_index(row[cfg.label_column], raw, f"{where}, row {number}")
+        label = _label_index(row[cfg.label_column], raw)
+        if _ambiguous(row[cfg.label_column], raw):
+            ambiguous.append(number)
         if label is None:
             raise DataError(
                 f"{where}, row {number}: label {row[cfg.label_column]!r} is outside the choices "
                 f"(an index 0..{len(choices) - 1} or one of the choices' texts)"
             )
         examples.append(ChoiceExample(str(row[cfg.context_column]), choices, label))
+    if ambiguous:  # HellaSwag's convention: a numeric string is the index
+        log.warning(
+            "%s: %d row(s) (the first: row %d) have a label that is a choice's index and also another choice's "
+            "text; read as the index",
+            where,
+            len(ambiguous),
+            ambiguous[0],
+        )
     return examples
 
 

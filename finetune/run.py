@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pretrain.config import to_dict
+from pretrain.config import check_positions, to_dict
 from pretrain.errors import ConfigError, check_output_dir
 from pretrain.interop import config_from_hf
 from pretrain.model import TransformerConfig
@@ -16,6 +16,7 @@ from pretrain.tokenizer import load_tokenizer
 from pretrain.tokenizer_identity import same_tokenizer, saved_tokenizer_dir
 from pretrain.train import make_accelerator, prepare_output_dir, train
 from pretrain.train.checkpoints import read_model_meta, resolve_run_dir, save_model_dir
+from pretrain.train.metrics import check_wandb
 
 from . import classification, multiple_choice, qa, token_classification
 from .common import find_tokenizer, set_dropout
@@ -80,11 +81,7 @@ def check_model_fits(cfg: FinetuneConfig, tokenizer: Any, config: TransformerCon
             f"the tokenizer has {len(tokenizer)} tokens but model.init's vocabulary is {config.vocab_size}; "
             "use the tokenizer the model was trained with (model.tokenizer=...)"
         )
-    if cfg.data.max_length > config.max_positions:
-        raise ConfigError(
-            f"data.max_length={cfg.data.max_length} is longer than the model's position table "
-            f"({config.max_positions}); lower data.max_length"
-        )
+    check_positions(cfg.data.max_length, config)
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
@@ -92,9 +89,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     from accelerate.utils import set_seed
 
     cfg.validate()
+    check_wandb(cfg.train)
     check_output_dir("train.output_dir", cfg.train.output_dir)
-    prepare_output_dir(cfg.train)
     accelerator = make_accelerator(cfg.train, cfg.impl)
+    prepare_output_dir(cfg.train, accelerator.is_main_process)
     out = Path(cfg.train.output_dir)
     tokenizer = load_tokenizer(cfg.model.tokenizer) if cfg.model.tokenizer else find_tokenizer(cfg.model.init)
     saved = saved_tokenizer_dir(cfg.model.init)

@@ -224,14 +224,6 @@ class TrainConfig:
     peak_flops: float | None = None  # device peak FLOP/s for the logged MFU; None: from the GPU table
 
     def validate(self) -> None:
-        if self.wandb_project:  # checked now, not after the data are prepared
-            import importlib.util
-
-            if importlib.util.find_spec("wandb") is None:
-                raise ConfigError(
-                    f"train.wandb_project={self.wandb_project} needs the wandb package: pip install wandb, or remove "
-                    "train.wandb_project (metrics.jsonl and TensorBoard are always written)"
-                )
         positive = ("max_steps", "batch_size", "grad_accum_steps", "log_every", "keep_last", "max_bad_steps")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -371,6 +363,18 @@ class PretrainConfig:
             raise ConfigError(f"data.tokenizer_sample_mb must be > 0, got {self.data.tokenizer_sample_mb}")
         if self.data.num_proc is not None and self.data.num_proc < 1:
             raise ConfigError(f"data.num_proc must be >= 1 or null (all cores), got {self.data.num_proc}")
+
+
+def check_positions(max_length: int, config: Any) -> None:
+    """A data.max_length sequence fits the model's position table (RoBERTa's positions start after
+    pad_token_id, so it needs that many rows more). Pretraining and fine-tuning check it before any data."""
+    needed = config.positions_needed(max_length)
+    if needed > config.max_positions:
+        offset = f" (positions count from pad_token_id + 1 = {config.pad_token_id + 1})" if needed > max_length else ""
+        raise ConfigError(
+            f"data.max_length={max_length} needs {needed} positions{offset}, but the model's position table has "
+            f"{config.max_positions}; lower data.max_length or use a model with more positions"
+        )
 
 
 def estimate_run_bytes(model: ModelConfig, vocab_size: int, train: TrainConfig) -> int:

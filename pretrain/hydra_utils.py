@@ -85,7 +85,8 @@ def _refuse_deletions() -> None:
 
     if not HydraConfig.initialized():
         return
-    deleted = [o for o in HydraConfig.get().overrides.task if o.startswith("~")]
+    # a key (~model.hidden_size), not a defaults-list group (~recipe drops the model's recipe, as designed)
+    deleted = [o for o in HydraConfig.get().overrides.task if o.startswith("~") and "." in o.split("=")[0]]
     if deleted:
         raise ConfigError(
             f"{deleted[0]} deletes a setting, and the built-in default (not the preset's value) would be used; "

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .config import PretrainConfig, estimate_run_bytes, to_dict
+from .config import PretrainConfig, check_positions, estimate_run_bytes, to_dict
 from .data import (
     IGNORE_INDEX,
     CausalCollator,
@@ -24,6 +24,7 @@ from .interop import build_model
 from .tokenizer import check_family, load_tokenizer
 from .tokenizer_identity import same_tokenizer, saved_tokenizer_dir
 from .train import Task, load_pretrained, make_accelerator, prepare_output_dir, train
+from .train.metrics import check_wandb
 from .train.resume import check_resumable_model
 
 log = logging.getLogger(__name__)
@@ -64,17 +65,6 @@ def build_pretraining_model(cfg: PretrainConfig, tokenizer: Any) -> torch.nn.Mod
         adopt_init_structure(cfg, model.config)
         return model
     return build_model(cfg.model.transformer_config(tokenizer), head)
-
-
-def check_positions(cfg: PretrainConfig, config: Any) -> None:
-    """RoBERTa's positions start after pad_token_id: a data.max_length block needs that many more rows."""
-    if config.positions_skip_padding and cfg.data.max_length + config.pad_token_id + 1 > config.max_positions:
-        needed = cfg.data.max_length + config.pad_token_id + 1
-        raise ConfigError(
-            f"data.max_length={cfg.data.max_length} needs {needed} positions with model.family={cfg.model.family} "
-            f"(they count from pad_token_id + 1 = {config.pad_token_id + 1}), but model.max_positions="
-            f"{config.max_positions}; raise model.max_positions to {needed} or lower data.max_length"
-        )
 
 
 def adopt_init_structure(cfg: PretrainConfig, loaded: Any) -> None:
@@ -177,14 +167,16 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
 
     cfg.validate()
     check_run_inputs(cfg)  # before any data is read: output directory, disk, tokenizer identity
+    check_wandb(cfg.train)
     accelerator = make_accelerator(cfg.train, cfg.impl)
     out = Path(cfg.train.output_dir)
-    resume_from = prepare_output_dir(cfg.train)  # fail before any work if the directory holds another run
+    # fail before any work if the directory holds another run
+    resume_from = prepare_output_dir(cfg.train, accelerator.is_main_process)
     tokenizer = get_tokenizer(cfg, out, accelerator.is_main_process, accelerator)
     family = cfg.model.style
     set_seed(cfg.seed)  # the data preparation draws from its own seeded generators, not the global one
     model = build_pretraining_model(cfg, tokenizer)
-    check_positions(cfg, model.config)
+    check_positions(cfg.data.max_length, model.config)
     if resume_from is not None:  # a checkpoint of another model is refused before hours of tokenising
         check_resumable_model(resume_from, model)
     with accelerator.main_process_first():  # one process prepares the shards, the others map them

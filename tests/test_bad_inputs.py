@@ -360,10 +360,10 @@ def test_pretraining_inputs_found_by_the_second_probe(tmp_path, monkeypatch, ckp
     import pyarrow.parquet as pq
     from test_pretraining import tiny_run
 
-    from pretrain.config import ConfigError, TrainConfig
+    from pretrain.config import ConfigError, TrainConfig, check_positions
     from pretrain.data.corpus import json_rows, parquet_rows
     from pretrain.errors import DataError
-    from pretrain.pretraining import check_positions, run_pretraining
+    from pretrain.pretraining import run_pretraining
 
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"text": "fine"}\n{"text": ["a", "b"]}\n')
@@ -376,15 +376,16 @@ def test_pretraining_inputs_found_by_the_second_probe(tmp_path, monkeypatch, ckp
     with pytest.raises(ValueError, match=r"num_kv_heads \(0\) must divide num_heads"):
         tiny_config(num_kv_heads=0)
 
-    roberta = tiny_run(tmp_path)
-    roberta.model.family, roberta.data.max_length = "roberta", 128
-    positions = type("Config", (), {"positions_skip_padding": True, "pad_token_id": 1, "max_positions": 128})
-    with pytest.raises(ConfigError, match=r"data.max_length=128 needs 130 positions .* raise model.max_positions"):
-        check_positions(roberta, positions)
+    roberta = tiny_config(positions_skip_padding=True, pad_token_id=1, max_positions=128)
+    with pytest.raises(ConfigError, match=r"data.max_length=128 needs 130 positions \(positions count from pad_token"):
+        check_positions(128, roberta)
+    check_positions(126, roberta)
 
     if importlib.util.find_spec("wandb") is None:
+        from pretrain.train.metrics import check_wandb
+
         with pytest.raises(ConfigError, match=r"train.wandb_project=abc needs the wandb package"):
-            TrainConfig(wandb_project="abc").validate()
+            check_wandb(TrainConfig(wandb_project="abc"))
 
     cfg = tiny_run(tmp_path, max_steps=3, save_every=3, eval_every=0)
     run_pretraining(cfg)
@@ -397,3 +398,8 @@ def test_pretraining_inputs_found_by_the_second_probe(tmp_path, monkeypatch, ckp
 def test_a_deleted_setting_is_refused_not_replaced_by_the_builtin_default(tmp_path):
     status, stderr = run(["~model.hidden_size", f"train.output_dir={tmp_path}/run"], ROOT, "pretrain")
     assert_user_error(status, stderr, "~model.hidden_size deletes a setting", "give it a value instead")
+    # a defaults-list group may be dropped (~recipe: the model's recipe off): the run goes on to its next check
+    status, stderr = run(
+        ["model=gpt-tiny", "~recipe", "train.lr=-1", f"train.output_dir={tmp_path}/run"], ROOT, "pretrain"
+    )
+    assert_user_error(status, stderr, "train.lr must be > 0")

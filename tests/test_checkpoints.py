@@ -372,6 +372,10 @@ def test_a_directory_in_use_by_a_live_run_is_refused_and_a_dead_runs_lock_is_tak
     finally:
         other.kill()
         other.wait()
+    (out / ".lock").write_text("")  # created, not yet written: another run starting this moment
+    with pytest.raises(ConfigError, match=r"is in use by another run \(one starting now\)"):
+        run_pretraining(cfg)
+    (out / ".lock").write_text(f"{socket.gethostname()} {other.pid}")
     run_pretraining(cfg)  # the same lock, its process gone: taken over
     assert not (out / ".lock").exists()  # released when the run ends
     cfg.train.resume = "auto"

@@ -516,5 +516,5 @@ def test_a_model_too_short_for_data_max_length_is_refused_before_the_data_are_re
     for init, positions in ((tiny_bert_checkpoint, 128), (tiny_gpt_export, 64)):
         cfg = finetune_config(tmp_path / "out", init, train_file, dev_file)
         cfg.data.max_length = 256
-        with pytest.raises(ConfigError, match=rf"data.max_length=256 is longer than .* position table \({positions}\)"):
+        with pytest.raises(ConfigError, match=rf"data.max_length=256 needs 256 positions, but .* has {positions};"):
             run_finetune(cfg)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import transformers
 from conftest import tiny_config
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
@@ -169,7 +170,7 @@ def test_export_round_trip(build, auto_cls, arch, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta"])
-def test_untied_masked_lm_import_reads_the_decoders_own_bias(family):
+def test_untied_masked_lm_import_reads_the_decoders_own_bias(family, tmp_path):
     """Untied, HF's MLM head adds decoder.bias and never reads its `bias`: they differ here."""
     if family == "bert":
         hf = transformers.BertForMaskedLM(BertConfig(**BERT, tie_word_embeddings=False))
@@ -183,6 +184,12 @@ def test_untied_masked_lm_import_reads_the_decoders_own_bias(family):
     ours = load_hf(hf).eval()
     ids, mask, _ = batch()
     close(hf(input_ids=ids, attention_mask=mask).logits, ours(ids, mask).prediction_logits, mask)
+    # a checkpoint with the decoder's bias alone (the head's unused `bias` not saved) loads the same
+    hf.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["cls.predictions.bias" if family == "bert" else "lm_head.bias"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    close(hf(input_ids=ids, attention_mask=mask).logits, load_hf(tmp_path).eval()(ids, mask).prediction_logits, mask)
 
 
 def test_finetuning_heads_export_and_reload(tmp_path):

@@ -3,6 +3,7 @@ fixtures, our scores equal to the exported Hugging Face model's, bad rows named,
 learns a choice rule."""
 
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def test_hub_layouts_read_as_their_presets_say(tmp_path, layout):
         assert ex.choices == [PIQA["sol1"], PIQA["sol2"]] and ex.label == 1
 
 
-def test_bad_rows_name_file_and_row(tmp_path):
+def test_bad_rows_name_file_and_row(tmp_path, caplog):
     cfg = FinetuneDataConfig()
     good = {"context": "c", "choices": ["a", "b"], "label": 1}
     f = tmp_path / "train.jsonl"
@@ -135,8 +136,11 @@ def test_bad_rows_name_file_and_row(tmp_path):
     # "2" could be the index 2 or the choice "2" (index 1): refused, not read as either
     numbers = {"context": "1+1=", "choices": ["1", "2", "3"], "label": "2"}
     f.write_text(json.dumps(numbers) + "\n")
-    with pytest.raises(DataError, match=r"row 1: the label '2' is both the index of choice 2 and the text of choice 1"):
-        mc.examples_from_rows(read_rows(str(f)), cfg, str(f))
+    with caplog.at_level(logging.WARNING):  # read as the index, as HellaSwag's "0".."3" are, and said so
+        assert mc.examples_from_rows(read_rows(str(f)), cfg, str(f))[0].label == 2
+    assert "1 row(s) (the first: row 1) have a label that is a choice's index and also another choice's text" in (
+        caplog.text
+    )
     f.write_text(json.dumps({**numbers, "label": 1}) + "\n")  # a number is an index
     assert mc.examples_from_rows(read_rows(str(f)), cfg, str(f))[0].label == 1
     # a label given as a choice's text is matched before the question is put in front (SWAG's sent2)

@@ -160,14 +160,12 @@ def load_hf_state_dict(model: AnyModel, state: dict[str, torch.Tensor], source: 
     state = adapter.add_prefix(adapter.normalise_keys(state), model)
     trunk, heads = adapter.full_table(model)
     ours: dict[str, torch.Tensor] = {}
-    missing = []
     for o, t, how in trunk + heads:
         names = t if isinstance(t, tuple) else (t,)
-        if not all(n in state for n in names):
-            if o not in ours:  # a weight HF may keep under two names (an untied MLM bias) needs one of them
-                missing.append(o)
-            continue
-        ours[o] = ours_from_hf(tuple(state[n] for n in names) if isinstance(t, tuple) else state[t], how)
+        if all(n in state for n in names):
+            ours[o] = ours_from_hf(tuple(state[n] for n in names) if isinstance(t, tuple) else state[t], how)
+    # a weight HF may keep under two names (an untied MLM bias) needs one of them
+    missing = [o for o in dict.fromkeys(o for o, _, _ in trunk + heads) if o not in ours]
     # the trunk (but an unused pooler) and a task's pretrained head must come from the checkpoint
     required_prefixes = HEADS[head_name(model)].required
     trunk_names = {o for o, _, _ in trunk}

@@ -115,6 +115,10 @@ class TransformerConfig:
     def has_embedding_norm(self) -> bool:
         return self.norm_placement == "post" if self.embedding_norm is None else self.embedding_norm
 
+    def positions_needed(self, length: int) -> int:
+        """Rows of the position table a sequence of `length` tokens reaches (RoBERTa's start after pad_token_id)."""
+        return length + (self.pad_token_id + 1 if self.positions_skip_padding else 0)
+
     def is_local_layer(self, index: int) -> bool:
         return bool(self.local_attention) and index % self.global_attn_every_n_layers != 0
 

@@ -321,9 +321,7 @@ class Transformer(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         past_len = past_key_values[0][0].size(2) if past_key_values else 0
-        total = past_len + input_ids.size(1)
-        if cfg.positions_skip_padding:  # positions start after pad_token_id
-            total += cfg.pad_token_id + 1
+        total = cfg.positions_needed(past_len + input_ids.size(1))
         if total > cfg.max_positions:
             raise ValueError(
                 f"sequence of {total} tokens is longer than the position table ({cfg.max_positions}); "

@@ -14,7 +14,7 @@ import torch
 
 from ..budget import TrainClock
 from ..config import TrainConfig
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..flops import throughput
 from .checkpoints import write_durably
 
@@ -61,6 +61,18 @@ class Progress:
         self.tokens, self.real_tokens, self.flops = 0, 0, 0.0
         self.window_start, self.window_paused = time.perf_counter(), clock.paused_s
         return values
+
+
+def check_wandb(cfg: TrainConfig) -> None:
+    """train.wandb_project needs wandb installed: checked when a run starts, before its data are prepared
+    (not in TrainConfig.validate: `python -m pretrain.prepare` takes the same overrides and logs nothing)."""
+    import importlib.util
+
+    if cfg.wandb_project and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            f"train.wandb_project={cfg.wandb_project} needs the wandb package: pip install wandb, or remove "
+            "train.wandb_project (metrics.jsonl and TensorBoard are always written)"
+        )
 
 
 class MetricsLog:

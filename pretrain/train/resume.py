@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def prepare_output_dir(cfg: TrainConfig) -> Path | None:
+def prepare_output_dir(cfg: TrainConfig, is_main: bool = True) -> Path | None:
     """The checkpoint to resume from, before any work (the resume itself verifies it and may fall back
     to an older one). Refuses to write into a directory that already holds a run when
     train.resume=null, so no earlier checkpoint is ever overwritten by accident."""
@@ -43,9 +43,11 @@ def prepare_output_dir(cfg: TrainConfig) -> Path | None:
                 f"train.output_dir={out} already holds a run; pass train.resume=auto to continue it, "
                 "or choose another train.output_dir / train.run_name"
             )
-        lock_output_dir(out)
+        if is_main:
+            lock_output_dir(out)
         return None
-    lock_output_dir(out)
+    if is_main:
+        lock_output_dir(out)
     if cfg.resume == "auto":
         return latest_checkpoint(checkpoints)
     path = resolve_run_dir(Path(cfg.resume))
@@ -58,28 +60,37 @@ LOCK = ".lock"
 
 
 def lock_output_dir(out: Path) -> None:
-    """One run at a time in a directory: two would interleave their checkpoints and metrics. The first
-    process of a run (RANK 0) writes its host and pid to out/.lock, removed when it exits; a lock whose
-    process is gone (killed, preempted) or that another host wrote is taken over."""
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
+    """One run at a time in a directory: two would interleave their checkpoints and metrics. The run's
+    main process creates out/.lock (its host and pid), removed when training ends or the process exits. A lock
+    of a process of this host that is gone (killed) is taken over; one another host wrote cannot be checked
+    (a job resumed on another node after a hard kill leaves one): taken over, warned."""
     lock, me = out / LOCK, f"{socket.gethostname()} {os.getpid()}"
-    try:
-        host, pid = lock.read_text().split()
-        held = host == socket.gethostname() and int(pid) != os.getpid() and _alive(int(pid))
-    except (OSError, ValueError):  # no lock, or an unreadable one
-        held = False
-    if held:
-        raise ConfigError(
-            f"train.output_dir={out} is in use by another run (process {pid}); wait for it to finish or choose "
-            f"another train.output_dir (if no run is using it, remove {lock})"
-        )
     out.mkdir(parents=True, exist_ok=True)
+    try:  # created atomically: of two runs starting together, one gets it
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        try:
+            host, pid = lock.read_text().split()
+            int(pid)
+        except (OSError, ValueError):  # empty: another run is creating it this moment
+            host, pid = socket.gethostname(), "-1"
+        if f"{host} {pid}" != me:
+            if host == socket.gethostname() and (pid == "-1" or _alive(int(pid))):
+                who = "one starting now" if pid == "-1" else f"process {pid}"
+                raise ConfigError(
+                    f"train.output_dir={out} is in use by another run ({who}); wait for it to finish or "
+                    f"choose another train.output_dir (if no run is using it, remove {lock})"
+                ) from None
+            if host != socket.gethostname():
+                log.warning("%s was written by a run on host %s (pid %s): taking it over; if that run is "
+                            "still going, stop one of the two", lock, host or "?", pid)  # fmt: skip
     lock.write_text(me)
     atexit.register(unlock_output_dir, out)
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # os.kill(0) would signal our own process group
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
