@@ -1,6 +1,7 @@
 """Time budgets, the schedule that follows them, the FLOPs count behind the logged MFU, CUDA-only paths."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,14 @@ def test_a_spent_budget_stops_training_and_the_resumed_run_keeps_its_clock(tmp_p
     cfg.train.resume = "auto"
     run_pretraining(cfg)
     assert _trainer_state(out)["step"] == last_step
+
+
+def test_a_budget_that_ends_inside_the_warm_up_is_warned_about(tmp_path, caplog):
+    """The run exported a model trained at a learning rate near zero, without a word."""
+    cfg = tiny_run(tmp_path, max_steps=100_000, max_minutes=0.00005, warmup_steps=1000, save_every=0, eval_every=0)
+    with caplog.at_level(logging.WARNING):
+        run_pretraining(cfg)
+    assert "inside its warm-up of train.warmup_steps=1000: the learning rate never reached train.lr" in caplog.text
 
 
 def test_logged_tokens_per_s_counts_the_positions_computed_and_the_real_tokens_apart():

@@ -251,6 +251,15 @@ def train(
         finally:
             progress.bar.close()
             metrics.close()
+    if run.step < min(cfg.max_steps, cfg.warmup_steps) and accelerator.is_main_process:  # stopped by the budget
+        log.warning(
+            "the time budget (train.max_minutes=%s) ended the run at step %d, inside its warm-up of "
+            "train.warmup_steps=%d: the learning rate never reached train.lr, so the model is barely trained; "
+            "raise train.max_minutes or lower train.warmup_steps",
+            cfg.max_minutes,
+            run.step,
+            cfg.warmup_steps,
+        )
     finish_run(task, run, cfg, accelerator)
     unlock_output_dir(out)
     return last_eval
