@@ -51,21 +51,20 @@ def read_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     else:  # GLUE TSVs contain bare quotes: no quoting
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    numbered = []  # (the line a row ends on, its fields); blank lines are skipped but counted
+    lines = []  # (the line a row ends on, its fields); blank lines are skipped but counted
     try:
         for row in reader:
             if row:
-                numbered.append((reader.line_num, row))
+                lines.append((reader.line_num, row))
     except csv.Error as e:
         raise DataError(
             f"{file}, line {reader.line_num}: {e}; fix the quoting (a field that contains quotes, commas or line "
             'breaks is quoted whole, its quotes doubled: "say ""hi"", then go")'
         ) from None
-    line_numbers, lines = [n for n, _ in numbered], [row for _, row in numbered]
     if columns is None and len(lines) < 2:
         raise DataError(f"{file} has a header line but no rows; check data.train / data.validation")
     if columns is None:
-        header, lines, line_numbers = lines[0], lines[1:], line_numbers[1:]
+        header, lines = lines[0][1], lines[1:]
         repeated = sorted({name for name in header if header.count(name) > 1})
         if repeated:
             raise DataError(
@@ -73,11 +72,11 @@ def read_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any
             )
     else:
         header = columns
-    has_header = columns is None or (lines and lines[0] == list(columns))  # the names data.columns gives: no row
+    has_header = columns is None or (lines and lines[0][1] == list(columns))  # the names data.columns gives: no row
     if columns is not None and has_header:
-        lines, line_numbers = lines[1:], line_numbers[1:]
+        lines = lines[1:]
     rows = []
-    for number, values in zip(line_numbers, lines, strict=True):
+    for number, values in lines:
         if len(values) != len(header):
             raise DataError(
                 f"{file}, line {number}: {len(values)} fields where the header has {len(header)}"
