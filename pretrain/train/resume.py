@@ -37,17 +37,15 @@ def prepare_output_dir(cfg: TrainConfig, is_main: bool = True) -> Path | None:
     train.resume=null, so no earlier checkpoint is ever overwritten by accident."""
     out = Path(cfg.output_dir)
     checkpoints = out / "checkpoints"
-    if cfg.resume is None:
-        if (out / "metrics.jsonl").exists() or latest_checkpoint(checkpoints):
-            raise ConfigError(
-                f"train.output_dir={out} already holds a run; pass train.resume=auto to continue it, "
-                "or choose another train.output_dir / train.run_name"
-            )
-        if is_main:
-            lock_output_dir(out)
-        return None
+    if cfg.resume is None and ((out / "metrics.jsonl").exists() or latest_checkpoint(checkpoints)):
+        raise ConfigError(
+            f"train.output_dir={out} already holds a run; pass train.resume=auto to continue it, "
+            "or choose another train.output_dir / train.run_name"
+        )
     if is_main:
         lock_output_dir(out)
+    if cfg.resume is None:
+        return None
     if cfg.resume == "auto":
         return latest_checkpoint(checkpoints)
     path = resolve_run_dir(Path(cfg.resume))
@@ -163,8 +161,8 @@ def check_resumable_model(candidate: Path, model: Any) -> None:
     """check_same_model on the checkpoint a resume will most likely take, early (before the data are prepared).
     One whose model.json does not read is left to the resume itself, which may fall back past it."""
     try:
-        json.loads((candidate / "model.json").read_text())
-    except (OSError, ValueError):
+        read_model_meta(candidate)
+    except (OSError, ConfigError):
         return
     check_same_model(candidate, model)
 
