@@ -107,7 +107,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     builder = TASKS[cfg.task]
     set_seed(cfg.seed)
     task, final_eval, metric = builder(cfg, tokenizer, accelerator)
-    check_model_fits(cfg, tokenizer, task.model.config)
+    if early is None:  # a hub name: its config is known once it is loaded
+        check_model_fits(cfg, tokenizer, task.model.config)
     if cfg.model.dropout is not None:
         set_dropout(task.model, cfg.model.dropout)
     if cfg.eval_per_epoch:
