@@ -48,7 +48,8 @@ def check_head(own: str, head: str | None, causal: bool) -> None:
 
 
 def _run_owned(path: Path) -> bool:
-    """A run's checkpoints/ or tokenizer/ directory (or a step-* checkpoint): the run rewrites and prunes them."""
+    """A run's checkpoints/ or tokenizer/ directory (a step-* checkpoint is inside the former): the run rewrites
+    and prunes them."""
     from pretrain.train.checkpoints import list_checkpoints
 
     if path.name == "checkpoints":
