@@ -18,7 +18,7 @@ from pretrain.train.checkpoints import load_pretrained
 
 from .common import Built, Evaluation, capped, padded_inputs, predict, with_validation
 from .config import FinetuneConfig, FinetuneDataConfig
-from .files import hub_split
+from .files import hub_split, read_utf8
 from .squad_metric import squad_scores
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,7 @@ def read_squad(path: str) -> list[QAExample]:
         raise FileNotFoundError(f"SQuAD file {file} does not exist; check data.train / data.validation")
     layout = "{'data': [{'title': ..., 'paragraphs': [{'context': ..., 'qas': [{'id', 'question', 'answers'}]}]}]}"
     try:
-        root = json.loads(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{file}: not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
+        root = json.loads(read_utf8(file))  # a byte-order mark (files saved on Windows) is not JSON's
     except json.JSONDecodeError as e:
         raise DataError(f"{file} is not SQuAD JSON ({e.msg}, line {e.lineno}); it should look like {layout}") from None
 

@@ -311,9 +311,10 @@ def test_a_tokenizer_path_without_a_tokenizer_is_named(tmp_path):
 
 
 def test_fine_tuning_files_that_used_to_end_in_a_traceback_or_a_dropped_answer(tmp_path):
-    """A CoNLL file that is not UTF-8; a SQuAD `is_impossible` given as a string ("false" counted as true and
-    dropped the answers); a training context of invisible characters only (IndexError); a hub dataset that
-    cannot be fetched (ConnectionError); a directory as data.exclude_ids_file."""
+    """A CoNLL file that is not UTF-8; a SQuAD file with a byte-order mark (refused as not JSON); a SQuAD
+    `is_impossible` given as a string ("false" counted as true and dropped the answers); a training context
+    of invisible characters only (IndexError); a hub dataset that cannot be fetched (ConnectionError); a
+    directory as data.exclude_ids_file."""
     from finetune import qa
     from finetune.config import FinetuneDataConfig
     from finetune.files import hub_split
@@ -336,6 +337,12 @@ def test_fine_tuning_files_that_used_to_end_in_a_traceback_or_a_dropped_answer(t
     with pytest.raises(DataError, match=r"qas\[0\].is_impossible is str 'false', expected true or false"):
         qa.read_squad(str(squad({"is_impossible": "false"})))
     assert qa.read_squad(str(squad({"is_impossible": False})))[0].answers == ["paris"]
+    bom = squad({})
+    bom.write_bytes(b"\xef\xbb\xbf" + bom.read_bytes())  # as Windows tools save JSON
+    assert qa.read_squad(str(bom))[0].answers == ["paris"]
+    bom.write_bytes(bom.read_bytes().replace(b"where?", b"wh\xffere?"))
+    with pytest.raises(DataError, match=r"squad.json, line 1: not UTF-8 text"):
+        qa.read_squad(str(bom))
     tokenizer = train_tokenizer(["where is it? it is in paris."] * 20, "bert", vocab_size=120)
     invisible = qa.read_squad(str(squad({"answers": [{"text": "\u200b", "answer_start": 0}]}, "\u200b\u200b")))
     cfg = FinetuneDataConfig(max_length=32, doc_stride=8, max_query_length=8)
