@@ -10,7 +10,7 @@ from typing import Any
 
 from pretrain.config import check_positions, to_dict
 from pretrain.errors import ConfigError, check_output_dir
-from pretrain.interop import config_from_hf
+from pretrain.interop import config_from_hf, hf_config_dict
 from pretrain.model import TransformerConfig
 from pretrain.tokenizer import load_tokenizer
 from pretrain.tokenizer_identity import same_tokenizer, saved_tokenizer_dir
@@ -84,6 +84,17 @@ def check_model_fits(cfg: FinetuneConfig, tokenizer: Any, config: TransformerCon
     check_positions(cfg.data.max_length, config)
 
 
+def check_exportable(model: Any, export: bool) -> None:
+    """With train.export=true, a head Hugging Face has no class for (a RoBERTa token classifier, say) is refused
+    before training, not after it."""
+    if not export:
+        return
+    try:
+        hf_config_dict(model)
+    except ValueError as e:
+        raise ConfigError(f"train.export=true but {e} Set train.export=false (keep our checkpoint format)") from None
+
+
 def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     """Fine-tune as configured; returns the final evaluation metrics (also in metrics.json)."""
     from accelerate.utils import set_seed
@@ -109,6 +120,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     task, final_eval, metric = builder(cfg, tokenizer, accelerator)
     if early is None:  # a hub name: its config is known once it is loaded
         check_model_fits(cfg, tokenizer, task.model.config)
+    check_exportable(task.model, cfg.train.export)
     if cfg.model.dropout is not None:
         set_dropout(task.model, cfg.model.dropout)
     if cfg.eval_per_epoch:

@@ -410,3 +410,25 @@ def test_a_deleted_setting_is_refused_not_replaced_by_the_builtin_default(tmp_pa
         ["model=gpt-tiny", "~recipe", "train.lr=-1", f"train.output_dir={tmp_path}/run"], ROOT, "pretrain"
     )
     assert_user_error(status, stderr, "train.lr must be > 0")
+
+
+def test_fine_tuning_refuses_an_export_hugging_face_has_no_class_for_before_training():
+    """A ModernBERT token classifier or a Llama multiple-choice model trained, then failed in its export (no HF
+    class): train.export=true is refused when the task is built, before any step. Loading such a head from a
+    Hugging Face checkpoint initialises it fresh (it was an "internal mapping error")."""
+    import transformers
+
+    from finetune.run import check_exportable
+    from pretrain import load_hf
+    from pretrain.errors import ConfigError
+
+    tiny = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    modernbert = transformers.ModernBertForMaskedLM(transformers.ModernBertConfig(**tiny, pad_token_id=0))
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**tiny, max_position_embeddings=40))
+    for hf, head, kwargs in ((modernbert, "token_classification", {"num_labels": 3}), (llama, "multiple_choice", {})):
+        model = load_hf(hf, head=head, **kwargs)
+        with pytest.raises(ConfigError, match=r"train.export=true but Hugging Face \w+ has no class for our") as e:
+            check_exportable(model, export=True)
+        assert str(e.value).endswith("Set train.export=false (keep our checkpoint format)")
+        check_exportable(model, export=False)
+    check_exportable(load_hf(llama, head="token_classification", num_labels=2), export=True)  # this one has a class

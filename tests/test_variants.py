@@ -64,25 +64,25 @@ def randomise_norms(model):
 
 
 @pytest.mark.parametrize("tied", [False, True])
-@pytest.mark.parametrize("cls_name", ["LlamaModel", "LlamaForCausalLM", "LlamaForSequenceClassification"])
+@pytest.mark.parametrize(
+    "cls_name",
+    [
+        "LlamaModel",
+        "LlamaForCausalLM",
+        "LlamaForSequenceClassification",
+        "LlamaForTokenClassification",
+    ],
+)
 def test_llama_parity_both_ways(cls_name, tied, tmp_path):
     hf = randomise_norms(getattr(transformers, cls_name)(llama_config(tied, num_labels=3))).eval()
     ours = load_hf(hf).eval()
     ids, mask = padded_batch()
     a, b = hf(input_ids=ids, attention_mask=mask), ours(input_ids=ids, attention_mask=mask)
-    if cls_name == "LlamaModel":
-        close(a.last_hidden_state, b.last_hidden_state, mask)
-    else:
-        close(a.logits, b.logits, mask if cls_name == "LlamaForCausalLM" else None)
+    compare_outputs(a, b, mask, cls_name)
     save_hf(ours, tmp_path)
-    auto = {"LlamaModel": AutoModel, "LlamaForCausalLM": AutoModelForCausalLM}
-    back = auto.get(cls_name, AutoModelForSequenceClassification).from_pretrained(tmp_path).eval()
+    back = auto_class(cls_name).from_pretrained(tmp_path).eval()
     assert type(back).__name__ == cls_name
-    c = back(input_ids=ids, attention_mask=mask)
-    if cls_name == "LlamaModel":
-        close(a.last_hidden_state, c.last_hidden_state, mask)
-    else:
-        close(a.logits, c.logits, mask if cls_name == "LlamaForCausalLM" else None)
+    compare_outputs(a, back(input_ids=ids, attention_mask=mask), mask, cls_name)
 
 
 def test_llama_greedy_generation_matches_hf_with_a_kv_cache_of_kv_heads():
@@ -112,38 +112,59 @@ ROBERTA = dict(
 )
 
 
-def compare_encoder(hf, ours, ids, mask, cls_name):
-    a, b = hf(input_ids=ids, attention_mask=mask), ours(input_ids=ids, attention_mask=mask)
+def compare_outputs(a, b, mask, cls_name):
+    """HF's outputs `a` against `b` (ours, or HF's reloaded export) of the same batch; padded positions out."""
     if cls_name.endswith("Model"):
         close(a.last_hidden_state, b.last_hidden_state, mask)
     elif cls_name.endswith("MaskedLM"):
-        close(a.logits, b.prediction_logits, mask)
-    elif cls_name.endswith("SequenceClassification"):
+        close(a.logits, b.logits if b.prediction_logits is None else b.prediction_logits, mask)
+    elif cls_name.endswith(("SequenceClassification", "MultipleChoice")):
         close(a.logits, b.logits)
+    elif cls_name.endswith(("TokenClassification", "CausalLM")):
+        close(a.logits, b.logits, mask)
     else:
         close(a.start_logits, b.start_logits, mask)
         close(a.end_logits, b.end_logits, mask)
 
 
+def compare_encoder(hf, ours, ids, mask, cls_name):
+    if cls_name.endswith("MultipleChoice"):  # one question whose choices are the batch's rows
+        ids, mask = ids[None], mask[None]
+    compare_outputs(hf(input_ids=ids, attention_mask=mask), ours(input_ids=ids, attention_mask=mask), mask, cls_name)
+
+
 AUTO_BY_SUFFIX = {
     "MaskedLM": transformers.AutoModelForMaskedLM,
+    "CausalLM": AutoModelForCausalLM,
     "SequenceClassification": AutoModelForSequenceClassification,
     "QuestionAnswering": transformers.AutoModelForQuestionAnswering,
+    "TokenClassification": transformers.AutoModelForTokenClassification,
+    "MultipleChoice": transformers.AutoModelForMultipleChoice,
 }
+
+
+def auto_class(cls_name: str):
+    return next((auto for suffix, auto in AUTO_BY_SUFFIX.items() if cls_name.endswith("For" + suffix)), AutoModel)
 
 
 def roundtrip(ours, ids, mask, cls_name, tmp_path):
     """Export ours, reload with the Auto class: the same class and the same outputs."""
     save_hf(ours, tmp_path)
-    auto = next((auto for suffix, auto in AUTO_BY_SUFFIX.items() if cls_name.endswith("For" + suffix)), AutoModel)
-    back = auto.from_pretrained(tmp_path).eval()
+    back = auto_class(cls_name).from_pretrained(tmp_path).eval()
     assert type(back).__name__ == cls_name
     compare_encoder(back, ours, ids, mask, cls_name)
 
 
 @pytest.mark.parametrize(
     "cls_name",
-    ["RobertaModel", "RobertaForMaskedLM", "RobertaForSequenceClassification", "RobertaForQuestionAnswering"],
+    [
+        "RobertaModel",
+        "RobertaForMaskedLM",
+        "RobertaForSequenceClassification",
+        "RobertaForQuestionAnswering",
+        "RobertaForTokenClassification",
+        "RobertaForMultipleChoice",
+    ],
 )
 def test_roberta_parity_both_ways(cls_name, tmp_path):
     config = transformers.RobertaConfig(**{**ROBERTA, "num_labels": 2 if "Question" in cls_name else 3})

@@ -178,6 +178,9 @@ def load_hf_state_dict(model: AnyModel, state: dict[str, torch.Tensor], source: 
             "fine-tuning head (classification, qa) whose fresh weights are initialised."
         )
     fresh = [o for o in missing if o not in required]
+    if not heads and not isinstance(model, Transformer):  # a head HF has no class for: all of it is new
+        trunk_names |= {k for k in model.state_dict() if k.startswith("transformer.")}
+        fresh += [k for k in model.state_dict() if k not in trunk_names and not _is_tied(model, k)]
     if fresh:
         log.warning("%s: newly initialised (not in the checkpoint): %s", source, fresh)
     current = model.state_dict()

@@ -19,8 +19,10 @@ class LlamaAdapter(Adapter):
         "base": "LlamaModel",
         "causal_lm": "LlamaForCausalLM",
         "classification": "LlamaForSequenceClassification",
+        "token_classification": "LlamaForTokenClassification",
+        # not LlamaForQuestionAnswering: its trunk is under "transformer.", not the family's "model."
     }
-    description = "Llama (LlamaModel, LlamaForCausalLM, LlamaForSequenceClassification)"
+    description = "Llama (LlamaModel, LlamaForCausalLM, LlamaForSequenceClassification, ...)"
 
     def exports(self, config: TransformerConfig) -> bool:
         return config.causal and is_modern(config)
@@ -130,6 +132,8 @@ class LlamaAdapter(Adapter):
             return [] if model.config.tie_embeddings else [("lm_head.weight", "lm_head.weight", "copy")]
         if head == "classification":
             return [("classifier.weight", "score.weight", "copy")]
+        if head == "token_classification":  # unlike the sequence score, this one has a bias
+            return [("classifier.weight", "score.weight", "copy"), ("classifier.bias", "score.bias", "copy")]
         return []
 
 

@@ -19,6 +19,8 @@ class RobertaAdapter(BertAdapter):
         "mlm": "RobertaForMaskedLM",
         "classification": "RobertaForSequenceClassification",
         "qa": "RobertaForQuestionAnswering",
+        "token_classification": "RobertaForTokenClassification",  # BERT's heads: classifier on the tokens,
+        "multiple_choice": "RobertaForMultipleChoice",  # on the pooler (dense + tanh on <s>) of each choice
     }
     description = "RoBERTa (RobertaModel, RobertaForMaskedLM, ...)"
 
