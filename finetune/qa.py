@@ -160,7 +160,9 @@ def windows(tokenizer: Any, examples: list[QAExample], cfg: FinetuneDataConfig, 
         ex = examples[example_index]
         sequence_ids = enc.sequence_ids(i)
         offsets = [o if s == 1 else None for o, s in zip(enc["offset_mapping"][i], sequence_ids, strict=True)]
-        feature = {"input_ids": enc["input_ids"][i], "token_type_ids": enc["token_type_ids"][i]}
+        feature = {"input_ids": enc["input_ids"][i]}
+        if "token_type_ids" in enc:  # ModernBERT's and byte-level RoBERTa's tokenizers return none
+            feature["token_type_ids"] = enc["token_type_ids"][i]
         if training:
             start = end = 0
             if ex.answers:
@@ -183,7 +185,7 @@ class QACollator:
         self.pad_id = pad_id
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = padded_inputs(features, self.pad_id)  # every window has token_type_ids
+        batch = padded_inputs(features, self.pad_id)
         if "start_positions" in features[0]:
             batch["start_positions"] = torch.tensor([f["start_positions"] for f in features])
             batch["end_positions"] = torch.tensor([f["end_positions"] for f in features])

@@ -348,6 +348,10 @@ def test_fine_tuning_files_that_used_to_end_in_a_traceback_or_a_dropped_answer(t
     cfg = FinetuneDataConfig(max_length=32, doc_stride=8, max_query_length=8)
     features = qa.windows(tokenizer, invisible, cfg, training=True)
     assert [(f["start_positions"], f["end_positions"]) for f in features] == [(0, 0)]  # no answer in the window
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]  # as ModernBERT's: no token types (KeyError)
+    features = qa.windows(tokenizer, qa.read_squad(str(squad({}))), cfg, training=True)
+    assert [(f["start_positions"], f["end_positions"]) for f in features] == [(5, 5)]  # [CLS] where ? [SEP] in paris
+    assert set(qa.QACollator(0)(features)) == {"input_ids", "attention_mask", "start_positions", "end_positions"}
 
     with pytest.raises(ConfigError, match=r"data.hub_name=nyu-mll/glue: the train split cannot be fetched"):
         hub_split("nyu-mll/glue", "sst2", "train")
