@@ -236,11 +236,12 @@ class ClassificationCollator:
 
 
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
-    """accuracy, F1 (of class 1 when binary, else macro), Matthews correlation."""
+    """accuracy, F1 (of class 1 when binary, else macro over the classes in the gold labels or the predictions,
+    as scikit-learn's: a class absent from both would count as F1 0), Matthews correlation."""
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     out = {"accuracy": float((predictions == labels).mean())}
     f1s = []
-    for c in range(num_labels) if num_labels > 2 else [1]:
+    for c in np.union1d(predictions, labels) if num_labels > 2 else [1]:
         tp = float(((predictions == c) & (labels == c)).sum())
         fp = float(((predictions == c) & (labels != c)).sum())
         fn = float(((predictions != c) & (labels == c)).sum())

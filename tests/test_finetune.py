@@ -52,6 +52,11 @@ def test_classification_metrics_by_hand():
     # MCC = (tp*tn - fp*fn) / sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn)) = (2*1 - 1*1) / sqrt(3*3*2*2)
     assert m["mcc"] == pytest.approx(1 / 6)
     assert cls.classification_metrics(np.array([0, 1, 2]), np.array([0, 1, 2]), 3)["mcc"] == pytest.approx(1.0)
+    # macro F1 over the classes that occur: class 2 in neither counted 0 (0.667); class 2 only predicted counts
+    three = cls.classification_metrics(np.array([0, 1, 1, 0]), np.array([0, 1, 1, 0]), 3)
+    assert three["f1"] == pytest.approx(1.0) and three["mcc"] == pytest.approx(1.0)
+    only_predicted = cls.classification_metrics(np.array([0, 1, 2]), np.array([0, 1, 1]), 3)
+    assert only_predicted["f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
     r = cls.regression_metrics(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 3.0, 2.0, 4.0]))
     assert r["spearman"] == pytest.approx(0.8)
     assert r["pearson"] == pytest.approx(0.8)
