@@ -47,9 +47,22 @@ def exclude_rows(rows: list[dict[str, Any]], ids_file: str, id_columns: list[str
     path = Path(ids_file).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"data.exclude_ids_file {path}: {not_a_file(path)}; give a .tsv of ids")
-    excluded = {tuple(line.split("\t")) for line in read_utf8(path).splitlines() if line.strip()}
-    kept = [r for r in rows if tuple(str(r[c]) for c in id_columns) not in excluded]
-    log.info("excluded %d training rows listed in %s", len(rows) - len(kept), path)
+    excluded = set()
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
+        ids = tuple(line.strip().split("\t"))
+        if ids == ("",):
+            continue
+        if len(ids) != len(id_columns):  # another separator (a comma) would silently match nothing
+            raise DataError(
+                f"{path}, line {number}: {len(ids)} tab-separated ids ({line.strip()!r:.60}), but data.id_columns "
+                f"names {len(id_columns)} ({id_columns}); write one line per row, its ids separated by tabs"
+            )
+        excluded.add(ids)
+    kept = [r for r in rows if tuple(str(r[c]).strip() for c in id_columns) not in excluded]
+    if excluded and len(kept) == len(rows):
+        log.warning("no training row has an id listed in %s: nothing was excluded; check data.id_columns", path)
+    else:
+        log.info("excluded %d training rows listed in %s", len(rows) - len(kept), path)
     return kept
 
 

@@ -358,6 +358,12 @@ def test_fine_tuning_files_that_used_to_end_in_a_traceback_or_a_dropped_answer(t
     rows = [{"#1 ID": "1", "#2 ID": "2", "Quality": "1"}]
     with pytest.raises(FileNotFoundError, match=r"data.exclude_ids_file .*: a directory, not a file"):
         cls.exclude_rows(rows, str(tmp_path), ["#1 ID", "#2 ID"])
+    ids = tmp_path / "dev_ids.csv"
+    ids.write_text("1,2\n3,4\n")  # comma-separated: excluded nothing, silently
+    with pytest.raises(DataError, match=r"dev_ids.csv, line 1: 1 tab-separated ids \('1,2'\), but data.id_columns"):
+        cls.exclude_rows(rows, str(ids), ["#1 ID", "#2 ID"])
+    ids.write_text("1\t2\r\n\n3\t4\n")
+    assert cls.exclude_rows(rows, str(ids), ["#1 ID", "#2 ID"]) == []
 
 
 def test_pretraining_inputs_found_by_the_second_probe(tmp_path, monkeypatch, ckpts):
