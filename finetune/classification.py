@@ -4,6 +4,7 @@ multi-class or regression. BERT reads the pooled [CLS]; GPT reads the last token
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,20 @@ def label_vocabulary(train_rows: list[dict[str, Any]], cfg: FinetuneDataConfig) 
         return [label_name(x) for x in cfg.label_names]
     values = {label_name(r[cfg.label_column]) for r in train_rows}
     numeric = all(v.lstrip("-").isdigit() for v in values)
+    score = next((v for v in sorted(values) if not v.lstrip("-").isdigit() and _is_number(v)), None)
+    if score is not None and all(_is_number(v) for v in values):  # STS-B's 3.8: a class per distinct score
+        raise ConfigError(
+            f"data.label_column={cfg.label_column!r} holds numbers such as {score}, not class names; set "
+            "data.regression=true for a numeric target, or list the classes in data.label_names"
+        )
     return sorted(values, key=int) if numeric else sorted(values)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def encode_labels(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, labels: list[str], where: str) -> list[Any]:
@@ -311,6 +325,8 @@ def build_task(cfg: FinetuneConfig, tokenizer: Any, accelerator: Any) -> Built:
             "least two classes: check data.label_column (or data.label_names), or set data.regression=true for a "
             "numeric target"
         )
+    validation_where = cfg.files()[1] or "the validation split"
+    encode_labels(val_rows, d, labels, validation_where)  # unseen labels: refused before the model and tokenising
     num_labels = 1 if d.regression else len(labels)
     pad = padding_id(tokenizer)
     model = load_classifier(cfg.model.init, num_labels, cfg.model.lm_loss_weight, labels, pad, d.symmetric)

@@ -390,6 +390,12 @@ def test_file_rows_headers_and_labels(tmp_path):
     d = FinetuneDataConfig()
     assert cls.label_vocabulary(rows, d) == ["0", "1"]
     assert cls.encode_labels(rows, d, ["0", "1"], "train.json") == [0, 0, 1, 1, 1]
+    # scores without data.regression were one class per distinct value (a 64-class STS-B), silently
+    scores = [{"label": "3.8"}, {"label": "0"}, {"label": 5}]
+    with pytest.raises(ConfigError, match=r"data.label_column='label' holds numbers such as 3.8, not class names"):
+        cls.label_vocabulary(scores, d)
+    assert cls.label_vocabulary(scores, FinetuneDataConfig(label_names=["0", "3.8", "5"])) == ["0", "3.8", "5"]
+    assert cls.label_vocabulary([{"label": "-1"}, {"label": "nan"}, {"label": "1"}], d) == ["-1", "1", "nan"]
     with pytest.raises(DataError, match=r"row 1: the regression target is True, not a number"):
         cls.check_columns([{"sentence": "a", "label": True}], FinetuneDataConfig(regression=True), "train.json")
     # a stray quote in a CSV is named (it swallowed the next lines into one example); line numbers count blanks
