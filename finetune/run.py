@@ -43,7 +43,7 @@ class BestModel:
         saved = self.out / "metrics.json"
         if saved.is_file():  # a resumed run: the best so far is beaten only by a better model, not replaced
             try:
-                previous = json.loads(saved.read_text())
+                previous = json.loads(saved.read_text(encoding="utf-8"))
                 if not isinstance(previous, dict):  # valid JSON but not the record this class writes
                     raise TypeError(type(previous).__name__)
                 self.best, self.step = previous.get(metric), int(previous.get("step", 0))
@@ -58,7 +58,7 @@ class BestModel:
         if self.is_main:
             save_model_dir(model, self.out)
             self.tokenizer.save_pretrained(str(self.out))
-            (self.out / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
+            (self.out / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2), encoding="utf-8")
 
 
 def local_model_config(init: str) -> TransformerConfig | None:
@@ -69,7 +69,7 @@ def local_model_config(init: str) -> TransformerConfig | None:
         if (path / "model.json").is_file():
             return TransformerConfig.from_dict(read_model_meta(path)["config"])
         if (path / "config.json").is_file():
-            return config_from_hf(json.loads((path / "config.json").read_text()))
+            return config_from_hf(json.loads((path / "config.json").read_text(encoding="utf-8")))
     except (ValueError, KeyError, TypeError):  # a damaged or foreign file: the model's load names the problem
         return None
     return None
@@ -133,9 +133,9 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     metrics, predictions = final_eval(accelerator.unwrap_model(task.model), accelerator)
     if accelerator.is_main_process:
         summary = {**metrics, "best_step": best.step, f"best_{metric}": best.best}
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         name, content = predictions
-        (out / name).write_text(content)
+        (out / name).write_text(content, encoding="utf-8")
         log.info("final evaluation: %s", summary)
     accelerator.wait_for_everyone()
     return metrics

@@ -112,7 +112,7 @@ def model_preset(name: str) -> ModelConfig:
     if not path.is_file():
         presets = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"no model preset {name!r}; the presets are {presets}")
-    return from_dict(ModelConfig, yaml.safe_load(path.read_text()), "model")
+    return from_dict(ModelConfig, yaml.safe_load(path.read_text(encoding="utf-8")), "model")
 
 
 DocumentLayout = Literal["auto", "blank_lines", "rows", "wikitext_articles", "sentence_rows"]

@@ -22,7 +22,7 @@ def plot_losses(runs: list[str], out: str) -> None:
         metrics = Path(run) / "metrics.jsonl"
         if not metrics.exists():
             raise SystemExit(f"error: {metrics} does not exist; pass run directories")
-        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines()]
         train = [r for r in rows if "loss" in r]
         line = ax.plot([r["step"] for r in train], [r["loss"] for r in train], label=f"{Path(run).name} train")[0]
         key = next((k for r in rows for k in r if k.startswith("eval_") and k.endswith("loss")), None)

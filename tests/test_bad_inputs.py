@@ -161,7 +161,7 @@ def finetune(tmp_path, ckpt, train_file, *extra, task="classification", dev_file
 
 
 def jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
 
@@ -194,7 +194,7 @@ def test_finetune_file_errors(tmp_path, ckpts):
 
 
 def squad(path: Path, articles) -> Path:
-    path.write_text(json.dumps({"version": "1.1", "data": articles}))
+    path.write_text(json.dumps({"version": "1.1", "data": articles}), encoding="utf-8")
     return path
 
 

@@ -543,7 +543,7 @@ def test_sample_corpus_is_what_its_attribution_says(shared_data):
 
     attribution = (Path(SAMPLE_CORPUS).parent / "ATTRIBUTION.md").read_text()
     assert "tiny Shakespeare" in attribution and "public domain" in attribution
-    ours = Path(SAMPLE_CORPUS).read_text()
+    ours = Path(SAMPLE_CORPUS).read_text(encoding="utf-8")
     assert ours.split() == (shared_data / "tinyshakespeare" / "input.txt").read_text().split()
     documents = ours.strip("\n").split("\n\n")
     assert len(documents) > 500 and all(d.strip() and "\n\n" not in d for d in documents)

@@ -260,7 +260,7 @@ def squad_file(path, n_articles=6, bad_starts=0, impossible=0):
     for k in range(impossible):  # SQuAD 2.0: unanswerable questions have no answers
         qa_item = data[k % n_articles]["paragraphs"][k // n_articles]["qas"][0]
         qa_item.update(question="what did the fish buy?", answers=[], is_impossible=True)
-    Path(path).write_text(json.dumps({"version": "1.1", "data": data}))
+    Path(path).write_text(json.dumps({"version": "1.1", "data": data}), encoding="utf-8")
     return path
 
 

@@ -241,7 +241,10 @@ def tagged_sentences(n: int, seed: int) -> list[tc.Sentence]:
 
 
 def write_conll(path: Path, sentences: list[tc.Sentence]) -> Path:
-    path.write_text("\n".join("".join(f"{w} X {t}\n" for w, t in zip(s.words, s.tags, strict=True)) for s in sentences))
+    path.write_text(
+        "\n".join("".join(f"{w} X {t}\n" for w, t in zip(s.words, s.tags, strict=True)) for s in sentences),
+        encoding="utf-8",
+    )
     return path
 
 

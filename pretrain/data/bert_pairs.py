@@ -195,7 +195,7 @@ def prepare_pairs(cfg: DataConfig, tokens_dir: Path, name: str, nsp: bool, epoch
         if tmp is not None:
             n, random_next = build_pairs(TokenSplit.open(tokens_dir / name), cfg, nsp, copies, tmp, epoch)
             meta = {"examples": n, "nsp": nsp, "copies": copies, "epoch": epoch, "random_next": random_next}
-            (tmp / "meta.json").write_text(json.dumps(meta))
+            (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
             if nsp and name == "train" and epoch == 0 and n and random_next > 0.9 * n:
                 log.warning(
                     "%.0f%% of the next-sentence pairs are random (IsNext needs documents of several sentences; "

@@ -71,7 +71,7 @@ def cache_entry(path: Path) -> Iterator[Path | None]:
     if (path / "meta.json").exists():  # the common case: no lock needed to read a finished entry
         yield None
         return
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
+    with open(path.with_name(path.name + ".lock"), "w", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second preparer waits here
         try:
             if (path / "meta.json").exists():
@@ -138,7 +138,7 @@ class TokenSplit:
 
 def read_cache_meta(path: Path) -> dict[str, Any]:
     try:
-        return json.loads((path / "meta.json").read_text())
+        return json.loads((path / "meta.json").read_text(encoding="utf-8"))
     except ValueError as e:
         raise damaged_cache(path, f"meta.json is not valid JSON ({e})") from None
 
@@ -193,7 +193,7 @@ class SplitWriter:
             "sentences": self.n_sentences,
             **extra,
         }
-        (self.path / "meta.json").write_text(json.dumps(meta))
+        (self.path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
         return meta
 
 
@@ -371,7 +371,9 @@ def _write_tokens(cfg: DataConfig, tokenizer: Any, family: str, out: Path) -> No
     metas = {name: w.close({"vocab_size": vocab}) for name, w in writers.items()}
     if metas["train"]["tokens"] == 0:
         raise DataError("the corpus produced no training tokens; check data.paths and data.text_column")
-    (out / "meta.json").write_text(json.dumps({"unigram_entropy": entropy, "splits": metas, "family": family}))
+    (out / "meta.json").write_text(
+        json.dumps({"unigram_entropy": entropy, "splits": metas, "family": family}), encoding="utf-8"
+    )
     log.info(
         "prepared %d training tokens (%d documents), %d held-out tokens",
         metas["train"]["tokens"],

@@ -44,5 +44,5 @@ def trained_tokenizer(cfg: DataConfig, family: str) -> Any:
             with tokenizer_threads(cfg.num_proc):
                 tokenizer = train_tokenizer(sample_texts(cfg, budget, cfg.seed), family, cfg.vocab_size, cfg.lowercase)
             tokenizer.save_pretrained(str(tmp))
-            (tmp / "meta.json").write_text("{}")
+            (tmp / "meta.json").write_text("{}", encoding="utf-8")
     return load_tokenizer(str(path))

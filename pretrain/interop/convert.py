@@ -242,7 +242,7 @@ def _read_hf(src: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     if not config_file.exists():
         raise FileNotFoundError(f"{path} has no config.json; is it a Hugging Face checkpoint directory?")
     try:
-        config = json.loads(config_file.read_text())
+        config = json.loads(config_file.read_text(encoding="utf-8"))
     except ValueError as e:
         raise ConfigError(f"{config_file} is not valid JSON ({e}); the checkpoint is damaged") from None
     if not isinstance(config, dict):
@@ -262,7 +262,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if (path / "model.safetensors").exists():
         return load_file(str(path / "model.safetensors"))
     if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
         return {k: v for shard in shards for k, v in load_file(str(path / shard)).items()}
     if (path / "pytorch_model.bin").exists():
         return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)

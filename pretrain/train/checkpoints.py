@@ -84,7 +84,7 @@ def save_model_dir(
             {k: v.detach().contiguous().cpu() for k, v in state.items() if k not in skip},
             str(directory / "model.safetensors"),
         )
-    (directory / "model.json").write_text(json.dumps(model_meta(model), indent=2))
+    (directory / "model.json").write_text(json.dumps(model_meta(model), indent=2), encoding="utf-8")
 
 
 def load_model_weights(model: torch.nn.Module, path: Path) -> None:
@@ -105,7 +105,7 @@ def read_model_meta(directory: Path) -> dict[str, Any]:
     """A checkpoint's model.json (model_meta's record): its config, head and head arguments."""
     meta_file = directory / "model.json"
     try:
-        return json.loads(meta_file.read_text())
+        return json.loads(meta_file.read_text(encoding="utf-8"))
     except ValueError as e:
         raise ConfigError(f"{meta_file} is not valid JSON ({e}); the checkpoint is damaged, use another") from None
 
@@ -232,7 +232,7 @@ def _read_index(checkpoints: Path) -> list[str] | None:
     if not index.exists():
         return None
     try:
-        names = json.loads(index.read_text())["lineage"]
+        names = json.loads(index.read_text(encoding="utf-8"))["lineage"]
     except (ValueError, KeyError) as e:
         log.warning("%s is unreadable (%s); ordering checkpoints by step number", index, e)
         return None
@@ -276,7 +276,7 @@ def fsync_dir(path: Path) -> None:
 def write_durably(path: Path, text: str) -> None:
     """Write to a temporary name, fsync, rename over `path`, fsync the directory."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
@@ -313,7 +313,7 @@ def verify(directory: Path, deep: bool = True, model_only: bool = False) -> str 
     if not manifest.exists():
         return "no manifest.json (written by an older version, or the write did not finish)"
     try:
-        entries = json.loads(manifest.read_text())["files"]
+        entries = json.loads(manifest.read_text(encoding="utf-8"))["files"]
     except (ValueError, KeyError):
         return "manifest.json is unreadable"
     if model_only:

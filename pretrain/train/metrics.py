@@ -103,7 +103,7 @@ class MetricsLog:
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.active:
             return
-        with self.path.open("a") as f:
+        with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
         for w in self.writers:
             for k, v in values.items():
@@ -121,7 +121,7 @@ class MetricsLog:
 def read_metrics_lines(path: Path) -> list[str]:
     """The lines of metrics.jsonl; a torn last line (a write cut short by a kill) is dropped with a
     warning, a bad line elsewhere is an error."""
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines()
     for i, line in enumerate(lines):
         try:
             json.loads(line)

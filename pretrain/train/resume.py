@@ -68,7 +68,7 @@ def lock_output_dir(out: Path) -> None:
         os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         try:
-            host, pid = lock.read_text().split()
+            host, pid = lock.read_text(encoding="utf-8").split()
             int(pid)
         except (OSError, ValueError):  # empty: another run is creating it this moment
             host, pid = socket.gethostname(), "-1"
@@ -82,7 +82,7 @@ def lock_output_dir(out: Path) -> None:
             if host != socket.gethostname():
                 log.warning("%s was written by a run on host %s (pid %s): taking it over; if that run is "
                             "still going, stop one of the two", lock, host or "?", pid)  # fmt: skip
-    lock.write_text(me)
+    lock.write_text(me, encoding="utf-8")
     atexit.register(unlock_output_dir, out)
 
 
@@ -101,7 +101,7 @@ def _alive(pid: int) -> bool:
 def unlock_output_dir(out: Path) -> None:
     """Removes out/.lock if this process wrote it (at the end of training, and at exit)."""
     try:
-        if (out / LOCK).read_text() == f"{socket.gethostname()} {os.getpid()}":
+        if (out / LOCK).read_text(encoding="utf-8") == f"{socket.gethostname()} {os.getpid()}":
             (out / LOCK).unlink()
     except OSError:
         pass
@@ -171,7 +171,7 @@ def log_data_change(run_config_file: Path, run_config: dict[str, Any], step: int
     """Names the data settings (and seed) that differ from the run's config.json: a resume may change
     them, but a run that silently continues on other data is a mistake more often than a plan."""
     try:
-        saved = json.loads(run_config_file.read_text())
+        saved = json.loads(run_config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     before, after = saved.get("data") or {}, run_config.get("data") or {}
