@@ -123,7 +123,9 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     check_exportable(task.model, cfg.train.export)
     if cfg.model.dropout is not None:
         set_dropout(task.model, cfg.model.dropout)
-    if cfg.eval_per_epoch:
+    if cfg.eval_per_epoch and cfg.train.eval_every:  # set by hand: it wins over the per-epoch default
+        log.info("train.eval_every=%d: evaluating every %d steps, not once per epoch", *[cfg.train.eval_every] * 2)
+    elif cfg.eval_per_epoch:
         global_batch = cfg.train.batch_size * accelerator.num_processes * cfg.train.grad_accum_steps
         cfg.train.eval_every = max(1, len(task.train_data) // global_batch)
     best = BestModel(out, metric, tokenizer, accelerator.is_main_process)

@@ -229,8 +229,11 @@ def test_regression_end_to_end(tmp_path, tiny_bert_checkpoint):
         regression=True,
     )
     cfg.train.max_steps = 150
+    cfg.train.eval_every = 50  # set by hand: it wins over eval_per_epoch (which evaluated every 7 steps)
     metrics = run_finetune(cfg)
     assert metrics["pearson"] > 0.9 and metrics["spearman"] > 0.5
+    rows = [json.loads(line) for line in (Path(cfg.train.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval_pearson" in r] == [50, 100, 150]
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(Path(cfg.train.output_dir) / "export").problem_type == "regression"
