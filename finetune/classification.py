@@ -86,6 +86,13 @@ def check_columns(rows: list[dict[str, Any]], cfg: FinetuneDataConfig, where: st
         )
         raise ConfigError(f"{where} has no column {missing[0]!r} (columns: {list(rows[0])}); set {key}")
     texts = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    labels = [label_name(r.get(cfg.label_column)) for r in rows[:1000]]
+    numeric_after_first = len(labels) > 1 and all(map(_is_number, labels[1:]))
+    if not (cfg.regression or cfg.label_names) and not _is_number(labels[0]) and numeric_after_first:
+        raise DataError(  # a header whose names differ from data.columns would be an example of a class of its own
+            f"{where}, row 1: the label {labels[0]!r} among numeric labels looks like a header line; remove it, or "
+            "give data.columns its names (the header is then skipped)"
+        )
     for number, row in enumerate(rows, start=1):
         at = f"{where}, row {number}"
         for column in needed:

@@ -393,6 +393,11 @@ def test_file_rows_headers_and_labels(tmp_path):
     d = FinetuneDataConfig()
     assert cls.label_vocabulary(rows, d) == ["0", "1"]
     assert cls.encode_labels(rows, d, ["0", "1"], "train.json") == [0, 0, 1, 1, 1]
+    # a header whose names are not data.columns' was an example, its label a class of its own
+    header = [{"sentence": "text", "label": "label"}, {"sentence": "a", "label": "1"}, {"sentence": "b", "label": 0}]
+    with pytest.raises(DataError, match=r"dev.tsv, row 1: the label 'label' among numeric labels looks like a header"):
+        cls.check_columns(header, FinetuneDataConfig(columns=["sentence", "label"], text_column="sentence"), "dev.tsv")
+    cls.check_columns(header[:1], FinetuneDataConfig(text_column="sentence"), "one.tsv")  # one text label: a class
     # scores without data.regression were one class per distinct value (a 64-class STS-B), silently
     scores = [{"label": "3.8"}, {"label": "0"}, {"label": 5}]
     with pytest.raises(ConfigError, match=r"data.label_column='label' holds numbers such as 3.8, not class names"):
