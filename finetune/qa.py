@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,11 +222,19 @@ def best_answers(
                         continue
                     score = start[s] + end[t]
                     if score > best_score:
-                        best_score, best_text = score, ex.context[offsets[s][0] : offsets[t][1]]
+                        best_score, best_text = score, ex.context[offsets[s][0] : past_marks(ex.context, offsets[t][1])]
         if cfg.version_2 and null_score - best_score > cfg.null_score_threshold:
             best_text = ""
         predictions[ex.id] = best_text
     return predictions
+
+
+def past_marks(text: str, end: int) -> int:
+    """`end` moved past the combining marks that follow it: a tokenizer that strips accents gives a word of
+    decomposed (NFD) text offsets that end before its last accent ('Re\u0301sume' for 'Re\u0301sume\u0301')."""
+    while end < len(text) and unicodedata.combining(text[end]):
+        end += 1
+    return end
 
 
 # ----------------------------------------------------------------------------- the task

@@ -121,6 +121,43 @@ def test_best_answer_search_across_windows():
     assert qa.best_answers([ex], features, [start], [end], cfg) == {"q": ""}
 
 
+def test_answers_of_decomposed_text_keep_their_last_accent(tmp_path):
+    """An accent-stripping tokenizer's offsets end before a word's trailing combining mark (NFD text): the
+    answer lost it, and even a perfect model scored EM 0."""
+    context = "le Re\u0301sume\u0301 du jour"
+    tokenizer = train_tokenizer([context, "le jour du resume"] * 20, "bert", vocab_size=200)
+    squad = {
+        "data": [
+            {
+                "title": "t",
+                "paragraphs": [
+                    {
+                        "context": context,
+                        "qas": [
+                            {
+                                "id": "q",
+                                "question": "quoi?",
+                                "answers": [{"text": "Re\u0301sume\u0301", "answer_start": 3}],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
+    (tmp_path / "nfd.json").write_text(json.dumps(squad), encoding="utf-8")
+    examples = qa.read_squad(str(tmp_path / "nfd.json"))
+    cfg = FinetuneDataConfig(max_length=32, doc_stride=8, max_query_length=8)
+    features = qa.windows(tokenizer, examples, cfg, training=False)
+    words = [i for i, o in enumerate(features[0]["offsets"]) if o is not None and context[o[0]] == "R"]
+    start = np.zeros(len(features[0]["offsets"]))
+    start[words[0]] = 10.0
+    last = max(i for i, o in enumerate(features[0]["offsets"]) if o is not None and o[1] <= 10)
+    end = np.zeros_like(start)
+    end[last] = 10.0
+    assert qa.best_answers(examples, features, [start], [end], cfg) == {"q": "Re\u0301sume\u0301"}
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
