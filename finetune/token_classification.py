@@ -79,7 +79,7 @@ def sentences_from_rows(
     rows: list[dict[str, Any]], tags_column: str, where: str, label_names: list[str] | None
 ) -> list[Sentence]:
     """Rows with a `tokens` list and a list of tags (strings, or indices into `label_names`)."""
-    sentences = []
+    sentences, empty = [], []
     for number, row in enumerate(rows, start=1):
         if "tokens" not in row or tags_column not in row:
             raise DataError(
@@ -101,6 +101,10 @@ def sentences_from_rows(
             tags = [label_names[t] for t in tags]
         if words:
             sentences.append(Sentence(words, tags))
+        else:
+            empty.append(number)
+    if empty:  # nothing to tag; predictions.conll (one block per sentence) has no block for them
+        log.warning("%s: skipped %d rows with no tokens (rows %s)", where, len(empty), empty[:10])
     return sentences
 
 

@@ -93,7 +93,7 @@ def test_read_conll_skips_docstart_and_names_a_missing_tag(tmp_path):
         tc.read_conll(str(f))
 
 
-def test_json_rows_and_their_errors(tmp_path):
+def test_json_rows_and_their_errors(tmp_path, caplog):
     f = tmp_path / "train.jsonl"
     f.write_text(json.dumps({"tokens": ["a", "b"], "tags": ["O", "B-X"]}) + "\n")
     cfg = FinetuneDataConfig()
@@ -107,6 +107,10 @@ def test_json_rows_and_their_errors(tmp_path):
     f.write_text(json.dumps({"tokens": ["a", "b"], "tags": "OO"}) + "\n")  # a string is not a list of tags
     with pytest.raises(DataError, match=r"train.jsonl, row 1: 'tags' is a str, not a list"):
         tc.load_sentences(cfg, str(f), "train")
+    rows = [{"tokens": ["a"], "tags": ["O"]}, {"tokens": [], "tags": []}, {"tokens": ["b"], "tags": ["O"]}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))  # an empty row: nothing to tag, now said
+    assert [s.words for s in tc.load_sentences(cfg, str(f), "train")[0]] == [["a"], ["b"]]
+    assert "train.jsonl: skipped 1 rows with no tokens (rows [2])" in caplog.text
 
 
 def test_conll2003_hub_layout_takes_label_names_from_features(tmp_path):
