@@ -120,7 +120,22 @@ def save_hf(model: AnyModel, out_dir: str | Path, tokenizer: Any = None) -> Path
     save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+        fit_tokenizer_files(out, tokenizer, model.config)
     return out
+
+
+def fit_tokenizer_files(out: Path, tokenizer: Any, config: TransformerConfig) -> None:
+    """The tokenizer files just written to `out`, made to fit the model saved with them. The files are edited,
+    not `tokenizer`: training goes on with the caller's tokenizer as it is. `transformers` reads from the files:
+    - model_max_length: the positions the model can use (RoBERTa's table starts after the padding id), so that
+      truncation=True (as pipelines pass it) cuts to what fits; a trained tokenizer says 1e30."""
+    config_file = out / "tokenizer_config.json"
+    if not config_file.is_file():
+        return
+    settings = json.loads(config_file.read_text())
+    usable = config.max_positions - config.positions_needed(0)
+    settings["model_max_length"] = min(int(tokenizer.model_max_length), usable)
+    config_file.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
 
 
 # ----------------------------------------------------------------------------- import
