@@ -128,13 +128,17 @@ def fit_tokenizer_files(out: Path, tokenizer: Any, config: TransformerConfig) ->
     """The tokenizer files just written to `out`, made to fit the model saved with them. The files are edited,
     not `tokenizer`: training goes on with the caller's tokenizer as it is. `transformers` reads from the files:
     - model_max_length: the positions the model can use (RoBERTa's table starts after the padding id), so that
-      truncation=True (as pipelines pass it) cuts to what fits; a trained tokenizer says 1e30."""
+      truncation=True (as pipelines pass it) cuts to what fits; a trained tokenizer says 1e30;
+    - no token_type_ids from the tokenizer of a model with fewer than two token types (our RoBERTa trained with
+      a BERT tokenizer): HF RoBERTa has one row, and the 1s of a pair's second text would index past it."""
     config_file = out / "tokenizer_config.json"
     if not config_file.is_file():
         return
     settings = json.loads(config_file.read_text())
     usable = config.max_positions - config.positions_needed(0)
     settings["model_max_length"] = min(int(tokenizer.model_max_length), usable)
+    if config.segment_vocab_size < 2 and "token_type_ids" in tokenizer.model_input_names:
+        settings["model_input_names"] = [name for name in tokenizer.model_input_names if name != "token_type_ids"]
     config_file.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
 
 
