@@ -207,6 +207,43 @@ def test_gpt_classification_with_auxiliary_lm_loss_and_pipeline(tmp_path, tiny_g
     assert [r["label"] for r in classify([p["text"] for p in predictions])] == [p["prediction"] for p in predictions]
 
 
+@pytest.mark.parametrize("bos", [False, True], ids=["gpt2_tokenizer", "bos_adding_tokenizer"])
+def test_causal_export_tokenizer_encodes_as_our_finetuning(tmp_path, bos):
+    """A GPT's exported tokenizer encodes a text and a pair as our fine-tuning does: a pair as `a <eos> b`
+    (its tok(a, b) gave `a b`), both between the special tokens the tokenizer puts around one text (BOS for
+    a Llama-style tokenizer, which our fine-tuning left out); so transformers' tok -> model gives our logits."""
+    import transformers
+
+    from finetune import multiple_choice as mc
+    from pretrain import SequenceClassifier
+
+    tokenizer = train_tokenizer((POSITIVE + NEGATIVE) * 20, "gpt", vocab_size=300)
+    if bos:  # Llama-style: the post-processor puts <s> in front of each text
+        tokenizer.add_special_tokens({"bos_token": "<s>"})
+        tokenizer.add_bos_token = True
+        assert tokenizer("good")["input_ids"][0] == tokenizer.bos_token_id
+    config = tiny_config(causal=True, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    model = SequenceClassifier(config, num_labels=2).eval()
+    save_hf(model, tmp_path, tokenizer=tokenizer)
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    first, second = POSITIVE, NEGATIVE
+    rows = [{"s1": a, "s2": b} for a, b in zip(first, second, strict=True)]
+    for pair in (None, "s2"):
+        d = FinetuneDataConfig(text_column="s1", text_pair_column=pair, max_length=64)
+        ours = cls.encode_texts(tokenizer, rows, d, causal=True)["input_ids"]
+        enc = hf_tokenizer(first, second if pair else None)
+        assert ours == enc["input_ids"] and "token_type_ids" not in enc
+        assert all((x[0] == tokenizer.bos_token_id) == bos for x in ours)
+        assert all((tokenizer.eos_token_id in x) == bool(pair) for x in ours)
+        for ids in ours:  # one at a time: no padding
+            ids = torch.tensor([ids])
+            assert (model(input_ids=ids).logits - hf_model(input_ids=ids).logits).abs().max().item() < 1e-5
+    # multiple choice and GPT-paper similarity (data.symmetric) encode their pairs the same way
+    choices = mc.encode_pairs(tokenizer, first, second, 64, causal=True)
+    assert [c["input_ids"] for c in choices] == hf_tokenizer(first, second)["input_ids"]
+
+
 def pair_files(tmp_path, n=40):
     """An RTE-like pair task: the label says whether both sentences have the same sentiment."""
     rng = random.Random(0)
