@@ -237,17 +237,16 @@ def _reheaded(model: Any, num_labels: int, lm_loss_weight: float, keep_classifie
 
 
 def encode_texts(tokenizer: Any, rows: list[dict[str, Any]], cfg: FinetuneDataConfig, causal: bool) -> dict[str, list]:
-    """BERT: [CLS] a [SEP] (b [SEP]). GPT: a (<eos> b); the classifier reads the last token."""
+    """BERT: [CLS] a [SEP] (b [SEP]). GPT: a (<eos> b), with the tokenizer's BOS if it adds one
+    (common.causal_inputs); the classifier reads the last token."""
     texts = [str(r[cfg.text_column]) for r in rows]
     pairs = [str(r[cfg.text_pair_column]) for r in rows] if cfg.text_pair_column else None
     if not causal:
         enc = tokenizer(texts, pairs, truncation=True, max_length=cfg.max_length)
         return {k: enc[k] for k in ("input_ids", "token_type_ids") if k in enc}
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    if pairs is not None:
-        second = tokenizer(pairs, add_special_tokens=False)["input_ids"]
-        ids = [a + [tokenizer.eos_token_id] + b for a, b in zip(ids, second, strict=True)]
-    return {"input_ids": [x[-cfg.max_length :] for x in ids]}  # keep the end: it is what the head reads
+    from .common import causal_inputs
+
+    return {"input_ids": causal_inputs(tokenizer, texts, pairs, cfg.max_length)}
 
 
 class ClassificationCollator:

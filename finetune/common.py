@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from pretrain.data import pad_to_tensor, padding_mask
 from pretrain.errors import ConfigError, DataError
-from pretrain.tokenizer import load_tokenizer
+from pretrain.tokenizer import load_tokenizer, special_affixes
 from pretrain.train import Task
 from pretrain.train.checkpoints import resolve_run_dir
 
@@ -41,6 +41,20 @@ def find_tokenizer(init: str) -> Any:
     if path.exists():
         raise FileNotFoundError(f"no tokenizer found with model.init={init}; pass model.tokenizer=<directory>")
     return load_tokenizer(init)
+
+
+def causal_inputs(tokenizer: Any, first: list[str], second: list[str] | None, max_length: int) -> list[list[int]]:
+    """A causal model's input ids: each text, or each pair as `a <eos> b`, between the special tokens the
+    tokenizer puts around one text (BOS for a Llama-style tokenizer, as Hugging Face fine-tuning keeps it; none
+    for GPT-2's). save_hf writes this pair form into the export's tokenizer, so tok(a, b) there gives these ids.
+    Too long, the text's end is kept (the specials stay): the classifier reads the last token."""
+    prefix, suffix = special_affixes(tokenizer)
+    ids = tokenizer(first, add_special_tokens=False)["input_ids"]
+    if second is not None:
+        tails = tokenizer(second, add_special_tokens=False)["input_ids"]
+        ids = [a + [tokenizer.eos_token_id] + b for a, b in zip(ids, tails, strict=True)]
+    room = max(max_length - len(prefix) - len(suffix), 1)
+    return [prefix + x[-room:] + suffix for x in ids]
 
 
 def head_matches_labels(model: Any, head: nn.Linear, labels: list[str], init: str) -> bool:

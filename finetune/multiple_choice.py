@@ -21,6 +21,7 @@ from .common import (
     Built,
     Evaluation,
     capped,
+    causal_inputs,
     check_aux_lm_loss,
     jsonl,
     logits_of,
@@ -134,14 +135,13 @@ def check_config(cfg: FinetuneDataConfig) -> None:
 
 
 def encode_pairs(tokenizer: Any, first: list[str], second: list[str], max_length: int, causal: bool) -> list[dict]:
-    """BERT: [CLS] a [SEP] b [SEP]. GPT: a <eos> b, keeping the end (the token the head reads)."""
+    """BERT: [CLS] a [SEP] b [SEP]. GPT: a <eos> b, with the tokenizer's BOS if it adds one, keeping the end
+    (the token the head reads): common.causal_inputs."""
     if not causal:
         enc = tokenizer(first, second, truncation=True, max_length=max_length)
         keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
         return [{k: enc[k][i] for k in keys} for i in range(len(first))]
-    a = tokenizer(first, add_special_tokens=False)["input_ids"]
-    b = tokenizer(second, add_special_tokens=False)["input_ids"]
-    return [{"input_ids": (x + [tokenizer.eos_token_id] + y)[-max_length:]} for x, y in zip(a, b, strict=True)]
+    return [{"input_ids": ids} for ids in causal_inputs(tokenizer, first, second, max_length)]
 
 
 def features(tokenizer: Any, examples: list[ChoiceExample], max_length: int, causal: bool) -> list[dict[str, Any]]:

@@ -164,6 +164,17 @@ def load_tokenizer(name_or_path: str) -> Any:
     return tokenizer
 
 
+def special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids of the special tokens a tokenizer puts before and after one text: none for our GPT-2 tokenizers,
+    BOS for a Llama-style one, [CLS] / [SEP] for BERT's. Read from what it does to a text, whatever the kind."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    raise ValueError(f"the tokenizer encodes 'a' as {bare} alone and as {full} with its special tokens")
+
+
 def check_family(tokenizer: Any, family: str) -> None:
     """The data pipeline relies on these special tokens; say which is missing rather than fail later."""
     needed = ("cls_token", "sep_token", "mask_token", "pad_token") if family == "bert" else ("eos_token",)

@@ -249,6 +249,107 @@ def test_gpt_classification_with_auxiliary_lm_loss_and_pipeline(tmp_path, tiny_g
     assert [r["label"] for r in classify([p["text"] for p in predictions])] == [p["prediction"] for p in predictions]
 
 
+@pytest.mark.parametrize("bos", [False, True], ids=["gpt2_tokenizer", "bos_adding_tokenizer"])
+def test_causal_export_tokenizer_encodes_as_our_finetuning(tmp_path, bos):
+    """A GPT's exported tokenizer encodes a text and a pair as our fine-tuning does: a pair as `a <eos> b`
+    (its tok(a, b) gave `a b`), both between the special tokens the tokenizer puts around one text (BOS for
+    a Llama-style tokenizer, which our fine-tuning left out); so transformers' tok -> model gives our logits."""
+    import transformers
+
+    from finetune import multiple_choice as mc
+    from pretrain import SequenceClassifier
+
+    tokenizer = train_tokenizer((POSITIVE + NEGATIVE) * 20, "gpt", vocab_size=300)
+    if bos:  # Llama-style: the post-processor puts <s> in front of each text
+        tokenizer.add_special_tokens({"bos_token": "<s>"})
+        tokenizer.add_bos_token = True
+        assert tokenizer("good")["input_ids"][0] == tokenizer.bos_token_id
+    config = tiny_config(causal=True, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    model = SequenceClassifier(config, num_labels=2).eval()
+    save_hf(model, tmp_path, tokenizer=tokenizer)
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    first, second = POSITIVE, NEGATIVE
+    rows = [{"s1": a, "s2": b} for a, b in zip(first, second, strict=True)]
+    for pair in (None, "s2"):
+        d = FinetuneDataConfig(text_column="s1", text_pair_column=pair, max_length=64)
+        ours = cls.encode_texts(tokenizer, rows, d, causal=True)["input_ids"]
+        enc = hf_tokenizer(first, second if pair else None)
+        assert ours == enc["input_ids"] and "token_type_ids" not in enc
+        assert all((x[0] == tokenizer.bos_token_id) == bos for x in ours)
+        assert all((tokenizer.eos_token_id in x) == bool(pair) for x in ours)
+        for ids in ours:  # one at a time: no padding
+            ids = torch.tensor([ids])
+            assert (model(input_ids=ids).logits - hf_model(input_ids=ids).logits).abs().max().item() < 1e-5
+    # multiple choice and GPT-paper similarity (data.symmetric) encode their pairs the same way
+    choices = mc.encode_pairs(tokenizer, first, second, 64, causal=True)
+    assert [c["input_ids"] for c in choices] == hf_tokenizer(first, second)["input_ids"]
+
+
+def pair_files(tmp_path, n=40):
+    """An RTE-like pair task: the label says whether both sentences have the same sentiment."""
+    rng = random.Random(0)
+    rows = []
+    for _ in range(n):
+        a, b = rng.choice(POSITIVE + NEGATIVE), rng.choice(POSITIVE + NEGATIVE)
+        rows.append((a, b, int((a in POSITIVE) == (b in POSITIVE))))
+    for name, part in (("train.tsv", rows[: n * 3 // 4]), ("dev.tsv", rows[n * 3 // 4 :])):
+        lines = ["sentence1\tsentence2\tlabel"] + [f"{a}\t{b}\t{y}" for a, b, y in part]
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    return rows, tmp_path / "train.tsv", tmp_path / "dev.tsv"
+
+
+@pytest.mark.parametrize("source", ["our_roberta_export", "hf_roberta"])
+def test_one_token_type_roberta_on_a_pair_task(tmp_path, bert_tokenizer, source):
+    """A RoBERTa with one token-type row (our roberta preset's export, or a Hugging Face RoBERTa,
+    type_vocab_size=1) next to a BERT tokenizer, whose pairs give the second text type 1: fine-tuning
+    trains (it was an IndexError in the segment embedding), the export's tokenizer returns no
+    token_type_ids, and transformers' tok(a, b) -> model(**enc) gives the logits of our encoding."""
+    import transformers
+
+    from pretrain.config import model_preset
+
+    init = tmp_path / "init"
+    if source == "our_roberta_export":
+        preset = model_preset("roberta-tiny")
+        preset.hidden_size, preset.ffn_size, preset.num_heads, preset.max_positions = 32, 64, 2, 66
+        save_hf(BertPretraining(preset.transformer_config(bert_tokenizer), nsp=False), init, tokenizer=bert_tokenizer)
+    else:
+        config = transformers.RobertaConfig(
+            vocab_size=len(bert_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=66, type_vocab_size=1, pad_token_id=0,
+        )  # fmt: skip
+        hf = transformers.RobertaForMaskedLM(config)
+        torch.nn.init.normal_(hf.roberta.embeddings.token_type_embeddings.weight)  # a real, non-zero row
+        hf.save_pretrained(init)
+        bert_tokenizer.save_pretrained(init)  # a BERT tokenizer: it returns token_type_ids
+    rows, train_file, dev_file = pair_files(tmp_path)
+    cfg = finetune_config(tmp_path, init, train_file, dev_file, text_column="sentence1", text_pair_column="sentence2")
+    cfg.data.max_length, cfg.train.max_steps = 32, 3
+    run_finetune(cfg)
+
+    export = Path(cfg.train.output_dir) / "export"
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(export)
+    hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(export).eval()
+    first, second = [a for a, _, _ in rows[:4]], [b for _, b, _ in rows[:4]]
+    enc = hf_tokenizer(first, second, padding=True, return_tensors="pt")
+    assert "token_type_ids" not in enc
+    theirs = hf_model(**enc).logits
+    # ours: what our fine-tuning feeds (the BERT tokenizer's encoding, type 1 included), into the export reloaded
+    from finetune.common import padded_inputs
+    from pretrain import load_hf
+
+    d = FinetuneDataConfig(text_column="s1", text_pair_column="s2", max_length=32)
+    pairs = [{"s1": a, "s2": b} for a, b in zip(first, second, strict=True)]
+    features = cls.encode_texts(bert_tokenizer, pairs, d, causal=False)
+    assert any(1 in types for types in features["token_type_ids"])
+    examples = [{k: v[i] for k, v in features.items()} for i in range(len(pairs))]
+    batch = padded_inputs(examples, bert_tokenizer.pad_token_id)
+    assert torch.equal(batch["input_ids"], enc["input_ids"])
+    ours = load_hf(export).eval()(**batch).logits
+    assert (ours - theirs).abs().max().item() < 1e-5
+
+
 def test_regression_end_to_end(tmp_path, tiny_bert_checkpoint):
     rng = random.Random(0)
     rows = [

@@ -372,3 +372,23 @@ def test_save_hf_names_stale_tokenizer_files_and_a_file_target(tmp_path, caplog)
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="is a file, not a directory"):
         save_hf(CausalLM(tiny_config(causal=True)), tmp_path / "file")
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2"])
+def test_exported_tokenizer_truncates_to_the_models_positions(family, tmp_path):
+    """The written tokenizer's model_max_length is what the position table can take (RoBERTa's starts after
+    the padding id): a pipeline's truncation=True then fits, where 1e30 let 600 tokens through to the table."""
+    from pretrain.tokenizer import train_tokenizer
+
+    texts = ["good film", "bad film", "a good story", "a dull story"] * 20
+    tokenizer = train_tokenizer(texts, "gpt" if family == "gpt2" else "bert", vocab_size=120)
+    overrides = {"roberta": dict(positions_skip_padding=True, pad_token_id=1, segment_vocab_size=1)}.get(family, {})
+    if family == "gpt2":
+        overrides = dict(causal=True, pad_token_id=tokenizer.pad_token_id)
+    config = tiny_config(vocab_size=len(tokenizer), **overrides)
+    save_hf(SequenceClassifier(config, num_labels=2).eval(), tmp_path, tokenizer=tokenizer)
+    usable = {"bert": 64, "roberta": 62, "gpt2": 64}[family]  # RoBERTa: positions from pad_token_id + 1 = 2
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path).model_max_length == usable
+    assert tokenizer.model_max_length > 10**20  # the caller's tokenizer (training goes on with it) is unchanged
+    classify = transformers.pipeline("text-classification", model=str(tmp_path), device="cpu")
+    assert classify("good " * 300, truncation=True)[0]["label"] in ("LABEL_0", "LABEL_1")

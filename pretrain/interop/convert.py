@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError
 from ..model import MultipleChoice, SequenceClassifier, TokenClassifier, Transformer, TransformerConfig
-from ..tokenizer import TOKENIZER_FILES
+from ..tokenizer import TOKENIZER_FILES, special_affixes
 from .base import FAMILIES, HEADS, Adapter, AnyModel, build_model, family_of, head_name, hf_from_ours, ours_from_hf
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,66 @@ def save_hf(model: AnyModel, out_dir: str | Path, tokenizer: Any = None) -> Path
     save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+        fit_tokenizer_files(out, tokenizer, model.config)
     return out
+
+
+def fit_tokenizer_files(out: Path, tokenizer: Any, config: TransformerConfig) -> None:
+    """The tokenizer files just written to `out`, made to fit the model saved with them. The files are edited,
+    not `tokenizer`: training goes on with the caller's tokenizer as it is. `transformers` reads from the files:
+    - model_max_length: the positions the model can use (RoBERTa's table starts after the padding id), so that
+      truncation=True (as pipelines pass it) cuts to what fits; a trained tokenizer says 1e30;
+    - no token_type_ids from the tokenizer of a model with fewer than two token types (our RoBERTa trained with
+      a BERT tokenizer): HF RoBERTa has one row, and the 1s of a pair's second text would index past it;
+    - a causal model's pairs as our fine-tuning encodes them (`_write_causal_pair_template`)."""
+    config_file = out / "tokenizer_config.json"
+    if not config_file.is_file():
+        return
+    settings = json.loads(config_file.read_text())
+    usable = config.max_positions - config.positions_needed(0)
+    settings["model_max_length"] = min(int(tokenizer.model_max_length), usable)
+    if config.segment_vocab_size < 2 and "token_type_ids" in tokenizer.model_input_names:
+        settings["model_input_names"] = [name for name in tokenizer.model_input_names if name != "token_type_ids"]
+    config_file.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+    if config.causal:
+        _write_causal_pair_template(out / "tokenizer.json", tokenizer)
+
+
+# post-processors that put tokens around a text (the template below replaces them); others (ByteLevel's offsets) stay
+TOKEN_ADDING_PROCESSORS = ("TemplateProcessing", "BertProcessing", "RobertaProcessing")
+
+
+def _write_causal_pair_template(path: Path, tokenizer: Any) -> None:
+    """A pair as our causal fine-tuning encodes it (finetune.common.causal_inputs): `a <eos> b` between the
+    special tokens the tokenizer puts around one text (BOS for a Llama-style one); a single text as before.
+    A GPT-2 tokenizer's own pair is `a b`, other ids (and logits) than the model was fine-tuned on."""
+    if tokenizer.eos_token_id is None or not path.is_file():
+        log.warning(
+            "%s: no tokenizer.json or no end-of-text token to write the pair form into; transformers encodes a "
+            "pair (a, b) otherwise than our fine-tuning's `a <eos> b`",
+            path.parent,
+        )
+        return
+    prefix, suffix = special_affixes(tokenizer)
+
+    def special(token_id: int) -> dict[str, Any]:
+        return {"SpecialToken": {"id": tokenizer.convert_ids_to_tokens(token_id), "type_id": 0}}
+
+    first, second = ({"Sequence": {"id": name, "type_id": 0}} for name in "AB")
+    before, after = [special(i) for i in prefix], [special(i) for i in suffix]
+    specials = {tokenizer.convert_ids_to_tokens(i): i for i in {*prefix, *suffix, tokenizer.eos_token_id}}
+    template = {
+        "type": "TemplateProcessing",
+        "single": [*before, first, *after],
+        "pair": [*before, first, special(tokenizer.eos_token_id), second, *after],
+        "special_tokens": {t: {"id": t, "ids": [i], "tokens": [t]} for t, i in specials.items()},
+    }
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    current = saved.get("post_processor") or {"type": "Sequence", "processors": []}
+    processors = current["processors"] if current["type"] == "Sequence" else [current]
+    kept = [p for p in processors if p["type"] not in TOKEN_ADDING_PROCESSORS]
+    saved["post_processor"] = {"type": "Sequence", "processors": [*kept, template]} if kept else template
+    path.write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- import

@@ -109,7 +109,10 @@ class Embeddings(nn.Module):
         elif hasattr(self, "position_table"):
             x = x + self.position_table[position_ids].to(x.dtype)
         if self.segment is not None:
-            x = x + (self.segment(token_type_ids) if token_type_ids is not None else self.segment.weight[0])
+            # one token type (RoBERTa's single row) tells nothing apart: every token gets that row, whatever ids a
+            # BERT tokenizer gave a pair's second text (1 would index a row the model does not have)
+            one_type = token_type_ids is None or self.segment.num_embeddings == 1
+            x = x + (self.segment.weight[0] if one_type else self.segment(token_type_ids))
         if self.norm is not None:
             x = self.norm(x)
         return self.dropout(x)
@@ -339,7 +342,7 @@ class Transformer(nn.Module):
                     f"token id {high if high >= cfg.vocab_size else low} is outside the vocabulary "
                     f"[0, {cfg.vocab_size}); the tokenizer does not match the model (vocab_size={cfg.vocab_size})"
                 )
-        if token_type_ids is not None and token_type_ids.numel() and cfg.segment_vocab_size:
+        if token_type_ids is not None and token_type_ids.numel() and cfg.segment_vocab_size > 1:  # see Embeddings
             low, high = torch.stack(torch.aminmax(token_type_ids)).tolist()
             if low < 0 or high >= cfg.segment_vocab_size:
                 raise ValueError(f"token_type_ids must be in [0, {cfg.segment_vocab_size})")
