@@ -20,6 +20,7 @@ from .common import (
     Built,
     Evaluation,
     capped,
+    causal_inputs,
     check_aux_lm_loss,
     head_matches_labels,
     jsonl,
@@ -244,8 +245,6 @@ def encode_texts(tokenizer: Any, rows: list[dict[str, Any]], cfg: FinetuneDataCo
     if not causal:
         enc = tokenizer(texts, pairs, truncation=True, max_length=cfg.max_length)
         return {k: enc[k] for k in ("input_ids", "token_type_ids") if k in enc}
-    from .common import causal_inputs
-
     return {"input_ids": causal_inputs(tokenizer, texts, pairs, cfg.max_length)}
 
 
