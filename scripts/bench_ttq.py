@@ -179,7 +179,7 @@ def judge(args: argparse.Namespace, export: Path, tokenizer, data) -> float:
 
 def time_to_reach(run: Path, target: float, key: str) -> float | None:
     """Training seconds at our first evaluation at or below the target loss (None: never reached)."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     for row in rows:
         if key in row and row[key] <= target:
             return row.get("train_seconds")

@@ -388,7 +388,12 @@ def test_exported_tokenizer_truncates_to_the_models_positions(family, tmp_path):
     config = tiny_config(vocab_size=len(tokenizer), **overrides)
     save_hf(SequenceClassifier(config, num_labels=2).eval(), tmp_path, tokenizer=tokenizer)
     usable = {"bert": 64, "roberta": 62, "gpt2": 64}[family]  # RoBERTa: positions from pad_token_id + 1 = 2
-    assert transformers.AutoTokenizer.from_pretrained(tmp_path).model_max_length == usable
+    exported = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert exported.model_max_length == usable
+    ids = exported("good " * 100 + "dull", truncation=True)["input_ids"]
+    last = exported("dull", add_special_tokens=False)["input_ids"][-1]
+    if family == "gpt2":  # a causal classifier reads the last token: truncation keeps the end, as fine-tuning does
+        assert len(ids) == usable and ids[-1] == last
     assert tokenizer.model_max_length > 10**20  # the caller's tokenizer (training goes on with it) is unchanged
     classify = transformers.pipeline("text-classification", model=str(tmp_path), device="cpu")
     assert classify("good " * 300, truncation=True)[0]["label"] in ("LABEL_0", "LABEL_1")

@@ -131,16 +131,19 @@ def fit_tokenizer_files(out: Path, tokenizer: Any, config: TransformerConfig) ->
       truncation=True (as pipelines pass it) cuts to what fits; a trained tokenizer says 1e30;
     - no token_type_ids from the tokenizer of a model with fewer than two token types (our RoBERTa trained with
       a BERT tokenizer): HF RoBERTa has one row, and the 1s of a pair's second text would index past it;
-    - a causal model's pairs as our fine-tuning encodes them (`_write_causal_pair_template`)."""
+    - a causal model's texts truncated on the left and its pairs as our fine-tuning encodes them
+      (`_write_causal_pair_template`)."""
     config_file = out / "tokenizer_config.json"
     if not config_file.is_file():
         return
-    settings = json.loads(config_file.read_text())
+    settings = json.loads(config_file.read_text(encoding="utf-8"))
     usable = config.max_positions - config.positions_needed(0)
     settings["model_max_length"] = min(int(tokenizer.model_max_length), usable)
     if config.segment_vocab_size < 2 and "token_type_ids" in tokenizer.model_input_names:
         settings["model_input_names"] = [name for name in tokenizer.model_input_names if name != "token_type_ids"]
-    config_file.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+    if config.causal:  # truncation keeps a text's end, as our fine-tuning does: the classifier reads the last token
+        settings["truncation_side"] = "left"
+    config_file.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if config.causal:
         _write_causal_pair_template(out / "tokenizer.json", tokenizer)
 
