@@ -16,6 +16,7 @@ import torch
 from pretrain.data import pad_to_tensor, padding_id
 from pretrain.errors import ConfigError, DataError
 from pretrain.model import IGNORE_INDEX
+from pretrain.tokenizer import special_affixes
 from pretrain.train import Task
 from pretrain.train.checkpoints import load_pretrained
 
@@ -203,13 +204,14 @@ def windows(
     cfg: FinetuneDataConfig,
     causal: bool,
 ) -> list[dict[str, Any]]:
-    """Model inputs: BERT `[CLS] pieces [SEP]`, GPT the pieces alone. `labels` carry the tag id on each
+    """Model inputs: the pieces between the special tokens the tokenizer puts around one text (BERT's `[CLS]`
+    and `[SEP]`; none for GPT-2's, BOS for a Llama-style tokenizer, as the export's tokenizer encodes them in a
+    pipeline). `labels` carry the tag id on each
     predicted word's first sub-word (all its sub-words with data.label_all_subwords, a `B-X` continued
     as `I-X`) and IGNORE_INDEX elsewhere; `word_starts` lists (position, word) for prediction."""
     index = {name: i for i, name in enumerate(labels)}
     continuation = {i: index.get("I-" + name[2:], i) for name, i in index.items() if name.startswith("B-")}
-    prefix = [] if causal else [tokenizer.cls_token_id]
-    suffix = [] if causal else [tokenizer.sep_token_id]
+    prefix, suffix = special_affixes(tokenizer)
     budget = cfg.max_length - len(prefix) - len(suffix)
     features = []
     for k, (sentence, pieces) in enumerate(zip(sentences, word_pieces(tokenizer, sentences, causal), strict=True)):

@@ -284,6 +284,14 @@ def test_causal_export_tokenizer_encodes_as_our_finetuning(tmp_path, bos):
     # multiple choice and GPT-paper similarity (data.symmetric) encode their pairs the same way
     choices = mc.encode_pairs(tokenizer, first, second, 64, causal=True)
     assert [c["input_ids"] for c in choices] == hf_tokenizer(first, second)["input_ids"]
+    # token classification too: the words' pieces after the tokenizer's own BOS, which it left out
+    from finetune import token_classification as tc
+
+    sentences = [tc.Sentence(text.split(), ["O"] * len(text.split())) for text in first]
+    tagged = tc.windows(tokenizer, sentences, ["O"], FinetuneDataConfig(max_length=64), causal=True)
+    pieces = tc.word_pieces(tokenizer, sentences, True)
+    bos_ids = [tokenizer.bos_token_id] if bos else []
+    assert [f["input_ids"] for f in tagged] == [bos_ids + [i for word in p for i in word] for p in pieces]
 
 
 def pair_files(tmp_path, n=40):
