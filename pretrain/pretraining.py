@@ -30,17 +30,22 @@ from .train.resume import check_resumable_model
 log = logging.getLogger(__name__)
 
 
-def get_tokenizer(cfg: PretrainConfig, out: Path, is_main: bool, accelerator: Any) -> Any:
-    """A resumed run reuses the tokenizer saved in its output directory; otherwise load the given one
-    or train one on a sample of the corpus (main process first, the others then load it)."""
+def get_tokenizer(cfg: PretrainConfig, out: Path, is_main: bool, accelerator: Any, resume_from: Path | None) -> Any:
+    """A resumed run keeps the tokenizer of the checkpoint it resumes (another run's too, with
+    train.resume=<its checkpoint>); otherwise load the given one or train one on a sample of the corpus (main
+    process first, the others then load it). A tokenizer/ left by a run that never wrote a checkpoint is
+    replaced: the data settings may have changed since."""
     saved = out / "tokenizer"
-    if (saved / "tokenizer_config.json").exists() and cfg.train.resume is not None:
-        tokenizer = load_tokenizer(str(saved))
+    if resume_from is not None:
+        own = resume_from if (resume_from / "tokenizer_config.json").exists() else saved  # older checkpoints: none
+        tokenizer = load_tokenizer(str(own))
         if cfg.data.tokenizer and not same_tokenizer(load_tokenizer(cfg.data.tokenizer), tokenizer):
             raise ConfigError(
-                f"data.tokenizer={cfg.data.tokenizer} is not the tokenizer of the run being resumed ({saved}); a "
+                f"data.tokenizer={cfg.data.tokenizer} is not the tokenizer of the run being resumed ({own}); a "
                 "resumed run keeps its own: remove data.tokenizer, or start a new run in another train.output_dir"
             )
+        if is_main and own != saved:
+            tokenizer.save_pretrained(str(saved))
         return tokenizer
     if cfg.data.tokenizer:
         tokenizer = load_tokenizer(cfg.data.tokenizer)
@@ -172,7 +177,7 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
     out = Path(cfg.train.output_dir)
     # fail before any work if the directory holds another run
     resume_from = prepare_output_dir(cfg.train, accelerator.is_main_process)
-    tokenizer = get_tokenizer(cfg, out, accelerator.is_main_process, accelerator)
+    tokenizer = get_tokenizer(cfg, out, accelerator.is_main_process, accelerator, resume_from)
     family = cfg.model.style
     set_seed(cfg.seed)  # the data preparation draws from its own seeded generators, not the global one
     model = build_pretraining_model(cfg, tokenizer)

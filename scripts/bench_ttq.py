@@ -48,7 +48,7 @@ def build_data(args: argparse.Namespace):
     cfg = PretrainConfig(
         model=ModelConfig(family=args.family), data=data_cfg, train=TrainConfig(output_dir=str(args.work / "data"))
     )
-    tokenizer = get_tokenizer(cfg, args.work / "data", True, _One())
+    tokenizer = get_tokenizer(cfg, args.work / "data", True, _One(), None)
     # NSP pairs as our bert-tiny preset prepares them, so both sides share the cached examples
     data = build_pretraining_data(cfg.data, tokenizer, args.family, nsp=True)
     return tokenizer, data

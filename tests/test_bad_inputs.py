@@ -411,6 +411,20 @@ def test_pretraining_inputs_found_by_the_second_probe(tmp_path, monkeypatch, ckp
     with pytest.raises(ConfigError, match=r"data.tokenizer=.* is not the tokenizer of the run being resumed"):
         run_pretraining(resumed)
 
+    # train.resume=<another run's checkpoint> into a new directory trained a new tokenizer (scrambled embeddings),
+    # and a tokenizer/ left by a run that never checkpointed was reused whatever the data settings were
+    from pretrain.tokenizer import load_tokenizer
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000003"
+    elsewhere = tiny_run(tmp_path, max_steps=4, eval_every=0, resume=str(checkpoint), output_dir=str(tmp_path / "b"))
+    elsewhere.data.lowercase = False  # a fresh tokenizer would differ
+    run_pretraining(elsewhere)
+    assert load_tokenizer(str(tmp_path / "b" / "tokenizer")).get_vocab() == load_tokenizer(str(checkpoint)).get_vocab()
+    stale = tmp_path / "c"
+    load_tokenizer(str(ckpts["bert_other"])).save_pretrained(str(stale / "tokenizer"))
+    run_pretraining(tiny_run(tmp_path, max_steps=1, eval_every=0, resume="auto", output_dir=str(stale)))
+    assert load_tokenizer(str(stale / "tokenizer")).get_vocab() == load_tokenizer(str(checkpoint)).get_vocab()
+
 
 def test_a_deleted_setting_is_refused_not_replaced_by_the_builtin_default(tmp_path):
     status, stderr = run(["~model.hidden_size", f"train.output_dir={tmp_path}/run"], ROOT, "pretrain")
