@@ -89,6 +89,14 @@ def test_damaged_latest_checkpoint_resumes_from_the_previous_one(tmp_path, caplo
     assert losses(out) == first
     again = load_file(str(out / "checkpoints/step-00000006/model.safetensors"))
     assert all(torch.equal(weights[k], again[k]) for k in weights)
+    # every checkpoint damaged: refused, the files left as they were (it started from scratch and wrote over them)
+    for step in ("00000003", "00000006"):
+        shard = next((out / f"checkpoints/step-{step}/state").glob("*.distcp"))
+        shard.write_bytes(shard.read_bytes()[:-10])
+    before = {f: f.read_bytes() for f in (out / "checkpoints").rglob("*") if f.is_file()}
+    with pytest.raises(ConfigError, match=r"every checkpoint in .*checkpoints is damaged \(step-00000006: state"):
+        run_pretraining(cfg)
+    assert {f: f.read_bytes() for f in (out / "checkpoints").rglob("*") if f.is_file()} == before
 
 
 @pytest.mark.slow  # a tiny in-process training run

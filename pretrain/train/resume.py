@@ -208,23 +208,34 @@ def choose_checkpoint(
     manager: CheckpointManager, candidate: Path | None, cfg: TrainConfig, accelerator: Any
 ) -> Path | None:
     """The main process verifies (newest first with resume=auto, falling back past damaged checkpoints
-    with a warning) and tells the others."""
+    with a warning) and tells the others. A run whose every checkpoint is damaged is refused: starting from
+    scratch would write over them (and prune them), and a damaged file may still hold what someone needs."""
     chosen: Path | None = None
+    problem: str | None = None
     if accelerator.is_main_process and candidate is not None:
         if cfg.resume == "auto":
             chosen, skipped = manager.find_intact()
+            if chosen is None and skipped:
+                problem = (
+                    f"every checkpoint in {manager.directory} is damaged ({'; '.join(skipped[:3])}); move them "
+                    "away to start this run from scratch, or pass train.resume=<a checkpoint> / another "
+                    "train.output_dir"
+                )
         else:
             chosen, skipped = manager.find_intact([candidate])
             if chosen is None:
-                raise ConfigError(f"train.resume={cfg.resume}: {skipped[0]}; pass another checkpoint")
-        for line in skipped:
-            log.warning("checkpoint %s; falling back to the previous one", line)
-        if chosen is None:
-            log.warning("no intact checkpoint in %s; starting from scratch", manager.directory)
-    if accelerator.num_processes > 1:
+                problem = f"train.resume={cfg.resume}: {skipped[0]}; pass another checkpoint"
+        if problem is None:
+            for line in skipped:
+                log.warning("checkpoint %s; falling back to the previous one", line)
+            if chosen is None:
+                log.warning("no checkpoint of this run's lineage in %s; starting from scratch", manager.directory)
+    if accelerator.num_processes > 1:  # the refusal too: every process stops, none waits for the main one
         from accelerate.utils import broadcast_object_list
 
-        chosen = broadcast_object_list([chosen])[0]
+        chosen, problem = broadcast_object_list([chosen, problem])
+    if problem is not None:
+        raise ConfigError(problem)
     return chosen
 
 
