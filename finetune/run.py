@@ -10,7 +10,7 @@ from typing import Any
 
 from pretrain.config import check_positions, to_dict
 from pretrain.errors import ConfigError, check_output_dir
-from pretrain.interop import config_from_hf, hf_config_dict
+from pretrain.interop import check_exportable, config_from_hf
 from pretrain.model import TransformerConfig
 from pretrain.tokenizer import load_tokenizer
 from pretrain.tokenizer_identity import same_tokenizer, saved_tokenizer_dir
@@ -82,17 +82,6 @@ def check_model_fits(cfg: FinetuneConfig, tokenizer: Any, config: TransformerCon
             "use the tokenizer the model was trained with (model.tokenizer=...)"
         )
     check_positions(cfg.data.max_length, config)
-
-
-def check_exportable(model: Any, export: bool) -> None:
-    """With train.export=true, a head Hugging Face has no class for (a RoBERTa token classifier, say) is refused
-    before training, not after it."""
-    if not export:
-        return
-    try:
-        hf_config_dict(model)
-    except ValueError as e:
-        raise ConfigError(f"train.export=true but {e} Set train.export=false (keep our checkpoint format)") from None
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:

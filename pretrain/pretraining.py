@@ -20,7 +20,7 @@ from .data import (
     trained_tokenizer,
 )
 from .errors import ConfigError, check_output_dir
-from .interop import build_model
+from .interop import build_model, check_exportable
 from .tokenizer import check_family, load_tokenizer
 from .tokenizer_identity import same_tokenizer, saved_tokenizer_dir
 from .train import Task, load_pretrained, make_accelerator, prepare_output_dir, train
@@ -182,6 +182,7 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
     set_seed(cfg.seed)  # the data preparation draws from its own seeded generators, not the global one
     model = build_pretraining_model(cfg, tokenizer)
     check_positions(cfg.data.max_length, model.config)
+    check_exportable(model, cfg.train.export)  # model.init's structure (a RoBERTa run) may not be cfg.model's
     if resume_from is not None:  # a checkpoint of another model is refused before hours of tokenising
         check_resumable_model(resume_from, model)
     with accelerator.main_process_first():  # one process prepares the shards, the others map them

@@ -442,9 +442,9 @@ def test_fine_tuning_refuses_an_export_hugging_face_has_no_class_for_before_trai
     Hugging Face checkpoint initialises it fresh (it was an "internal mapping error")."""
     import transformers
 
-    from finetune.run import check_exportable
     from pretrain import load_hf
     from pretrain.errors import ConfigError
+    from pretrain.interop import check_exportable
 
     tiny = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     modernbert = transformers.ModernBertForMaskedLM(transformers.ModernBertConfig(**tiny, pad_token_id=0))
@@ -456,3 +456,22 @@ def test_fine_tuning_refuses_an_export_hugging_face_has_no_class_for_before_trai
         assert str(e.value).endswith("Set train.export=false (keep our checkpoint format)")
         check_exportable(model, export=False)
     check_exportable(load_hf(llama, head="token_classification", num_labels=2), export=True)  # this one has a class
+
+
+def test_pretraining_refuses_an_unexportable_model_init_before_training(tmp_path):
+    """model=bert (NSP head) with model.init=<a RoBERTa run>: it trained every step, then failed in the export
+    (HF RoBERTa has no pretraining head); now refused once the model is built."""
+    from test_pretraining import tiny_run
+
+    from pretrain.errors import ConfigError
+    from pretrain.pretraining import run_pretraining
+
+    tokenizer = train_tokenizer(TEXT, "bert", vocab_size=120)
+    roberta = tiny_config(vocab_size=len(tokenizer), positions_skip_padding=True, pad_token_id=1, max_positions=80)
+    save_model_dir(build_model(roberta, "mlm"), tmp_path / "roberta")
+    tokenizer.save_pretrained(str(tmp_path / "roberta"))
+    cfg = tiny_run(tmp_path, export=True)
+    cfg.model.init = cfg.data.tokenizer = str(tmp_path / "roberta")
+    with pytest.raises(ConfigError, match=r"train.export=true but Hugging Face roberta has no class for our 'pret"):
+        run_pretraining(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -21,6 +21,7 @@ from .base import (
     register_head,
 )
 from .convert import (
+    check_exportable,
     config_from_hf,
     hf_config_dict,
     hf_state_dict,
@@ -37,6 +38,7 @@ __all__ = [
     "Head",
     "Pair",
     "build_model",
+    "check_exportable",
     "config_from_hf",
     "family_of",
     "head_name",

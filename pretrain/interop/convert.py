@@ -98,6 +98,17 @@ def hf_state_dict(model: AnyModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in out.items()}
 
 
+def check_exportable(model: AnyModel, export: bool) -> None:
+    """With train.export=true, a model Hugging Face has no class for (a ModernBERT token classifier; a BERT
+    pretraining head on a RoBERTa model.init) is refused before training, not after it."""
+    if not export:
+        return
+    try:
+        hf_config_dict(model)
+    except ValueError as e:
+        raise ConfigError(f"train.export=true but {e} Set train.export=false (keep our checkpoint format)") from None
+
+
 def save_hf(model: AnyModel, out_dir: str | Path, tokenizer: Any = None) -> Path:
     """Write config.json + model.safetensors (+ tokenizer files) loadable by `transformers` as is."""
     out = Path(out_dir)
