@@ -187,6 +187,7 @@ class DataConfig:
             "e.g. 0.05 holds out 5% of the documents; 0 holds out none",
         )
         require(0 < self.mlm_probability < 1, "data.mlm_probability", self.mlm_probability, "it must be in (0, 1)")
+        require(0 <= self.seed < 2**32, "data.seed", self.seed, "it must be in [0, 2**32)")
         if self.max_documents is not None:
             require(self.max_documents >= 1, "data.max_documents", self.max_documents, "it must be >= 1", "or null")
         if self.num_proc is not None:

@@ -140,6 +140,13 @@ def check_run_inputs(cfg: PretrainConfig) -> None:
     be the same tokenizer by content, not only by size)."""
     vocab = cfg.model.vocab_size or cfg.data.vocab_size
     check_output_dir("train.output_dir", cfg.train.output_dir, estimate_run_bytes(cfg.model, vocab, cfg.train))
+    for data_dir in (Path(p).expanduser().resolve() for p in cfg.data.paths if Path(p).expanduser().is_dir()):
+        for key, where in (("train.output_dir", cfg.train.output_dir), ("data.cache_dir", cfg.data.cache_dir)):
+            if where and Path(where).expanduser().resolve().is_relative_to(data_dir):  # it would read its own files
+                raise ConfigError(
+                    f"{key}={where} lies inside the data directory {data_dir} (data.paths), whose every file is "
+                    f"read as corpus; put {key} outside it"
+                )
     resuming = cfg.train.resume not in (None, "auto") or (
         cfg.train.resume == "auto" and (Path(cfg.train.output_dir) / "checkpoints").is_dir()
     )

@@ -475,3 +475,33 @@ def test_pretraining_refuses_an_unexportable_model_init_before_training(tmp_path
     with pytest.raises(ConfigError, match=r"train.export=true but Hugging Face roberta has no class for our 'pret"):
         run_pretraining(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_data_paths_read_twice_or_holding_the_run_are_refused(tmp_path):
+    """A file listed twice (or reached by a directory and by name) trained its documents and held them out at
+    once; a run whose output or cache lies inside a data directory read its own files as corpus; data.seed=-1
+    was a traceback after the tokenizer was trained."""
+    from test_pretraining import tiny_run
+
+    from pretrain.config import ConfigError, DataConfig
+    from pretrain.data.corpus import resolve_files
+    from pretrain.errors import DataError
+    from pretrain.pretraining import check_run_inputs
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("one document.\n", encoding="utf-8")
+    (corpus / "b.txt").write_text("another one.\n", encoding="utf-8")
+    assert [f.name for f in resolve_files([str(corpus)])] == ["a.txt", "b.txt"]
+    for paths in ([str(corpus / "a.txt")] * 2, [str(corpus), str(corpus / "b.txt")]):
+        with pytest.raises(DataError, match=r"data.paths reaches .*\.txt twice \(.* and .*\); list each file once"):
+            resolve_files(paths)
+    cfg = tiny_run(tmp_path, output_dir=str(corpus / "runs" / "x"))
+    cfg.data.paths = [str(corpus)]
+    with pytest.raises(ConfigError, match=r"train.output_dir=.*/corpus/runs/x lies inside the data directory"):
+        check_run_inputs(cfg)
+    cfg.train.output_dir, cfg.data.cache_dir = str(tmp_path / "run"), str(corpus / ".cache")
+    with pytest.raises(ConfigError, match=r"data.cache_dir=.*/corpus/.cache lies inside the data directory"):
+        check_run_inputs(cfg)
+    with pytest.raises(ConfigError, match=r"data.seed=-1"):
+        DataConfig(seed=-1).validate("bert")

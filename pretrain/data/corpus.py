@@ -60,9 +60,13 @@ def resolve_files(paths: Iterable[str]) -> list[Path]:
             raise DataError(f"data path {path} is {not_a_file(path)}; give files, directories or globs in data.paths")
         else:
             raise FileNotFoundError(f"data file {path} does not exist; check data.paths")
+    seen: dict[Path, Path] = {}
     for f in files:
         if f.stat().st_size == 0:
             raise DataError(f"data file {f} is empty; remove it from data.paths")
+        twice = seen.setdefault(f.resolve(), f)
+        if twice is not f:  # its documents would be in training and held out at once
+            raise DataError(f"data.paths reaches {f} twice ({twice} and {f}); list each file once")
     return files
 
 
