@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from .config import CONF_DIR
+from .errors import ConfigError
 
 USER_ERROR = 2
 
@@ -81,8 +82,6 @@ def _refuse_deletions() -> None:
     would then be used without a word: refused."""
     from hydra.core.hydra_config import HydraConfig
 
-    from .errors import ConfigError
-
     if not HydraConfig.initialized():
         return
     # a key (~model.hidden_size), not a defaults-list group (~recipe drops the model's recipe, as designed)
@@ -91,6 +90,28 @@ def _refuse_deletions() -> None:
         raise ConfigError(
             f"{deleted[0]} deletes a setting, and the built-in default (not the preset's value) would be used; "
             f"give it a value instead ({deleted[0][1:].split('=')[0]}=...)"
+        )
+
+
+_sweep_output_dirs: dict[Path, int] = {}  # a multirun's jobs (one process, hydra's basic launcher): dir -> job
+
+
+def _refuse_shared_output_dir(raw: Any) -> None:
+    """A multirun whose jobs resolve one train.output_dir (given on the command line): each later job would
+    continue the first one's run (resume=auto) instead of training its own values."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    out = Path(str(OmegaConf.select(raw, "train.output_dir"))).expanduser().resolve()
+    job = HydraConfig.get().job.num
+    first = _sweep_output_dirs.setdefault(out, job)
+    if first != job:
+        raise ConfigError(
+            f"train.output_dir={out} is the directory of job {first} of this multirun too: job {job} would "
+            "continue its run; leave train.output_dir unset (each job writes <sweep dir>/<job number>) or put "
+            "${hydra:job.num} in it"
         )
 
 
@@ -104,6 +125,7 @@ def clear_errors(job: Callable[[Any], None]) -> Callable[[Any], None]:
         _job_started = True
         try:
             _refuse_deletions()
+            _refuse_shared_output_dir(raw)
             job(raw)
         except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs
             report_and_exit(e)

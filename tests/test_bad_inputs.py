@@ -505,3 +505,16 @@ def test_data_paths_read_twice_or_holding_the_run_are_refused(tmp_path):
         check_run_inputs(cfg)
     with pytest.raises(ConfigError, match=r"data.seed=-1"):
         DataConfig(seed=-1).validate("bert")
+
+
+@pytest.mark.slow  # a two-job multirun through the CLI
+def test_a_multirun_whose_jobs_share_train_output_dir_is_refused_at_the_second_job(tmp_path):
+    """train.lr=1e-3,3e-3 with one train.output_dir: job 1 resumed job 0's finished run (lr 0, its metrics)."""
+    from test_pretraining import CLI_TINY
+
+    out = tmp_path / "shared"
+    args = ["-m", "model=gpt-tiny", "train.lr=1e-3,3e-3", "train.max_steps=2", f"train.output_dir={out}"]
+    args += [f"data.cache_dir={tmp_path / 'cache'}", "train.export=false", "train.plot=false", *CLI_TINY]
+    status, stderr = run(args, tmp_path, "pretrain")
+    assert_user_error(status, stderr, f"train.output_dir={out} is the directory of job 0 of this multirun too")
+    assert "leave train.output_dir unset" in stderr
