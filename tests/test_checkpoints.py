@@ -12,9 +12,10 @@ import pytest
 import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
+from test_data import CORPUS
 from test_pretraining import losses, step_dirs, tiny_run
 
-from pretrain.config import ConfigError
+from pretrain.config import ConfigError, DataConfig
 from pretrain.pretraining import run_pretraining
 from pretrain.train import TrainingStopped
 from pretrain.train.checkpoints import CheckpointManager, latest_checkpoint, list_checkpoints, read_trainer_state
@@ -164,6 +165,38 @@ def test_refused_resume_names_working_values_and_leaves_the_run_alone(tmp_path, 
     with pytest.raises(ConfigError, match=r"it holds another model than this run builds \(hidden_size 32 vs 64; "):
         run_pretraining(wider)
     assert step_dirs(out) == ["step-00000003"]
+
+
+@pytest.mark.slow  # three tiny in-process training runs
+def test_another_split_of_the_step_trains_alike_across_epochs_and_resumes(tmp_path):
+    """Steps of 12 on 32 BERT examples: 2 steps an epoch (new pairs, new length groups each epoch). 4 x
+    accumulation 3 trains on what 12 x 1 does, step for step across two epoch boundaries, and a 12 x 1
+    checkpoint of step 2 resumes as 4 x 3 (cutting the epoch into micro-batches put step 3 in two epochs)."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(CORPUS) + "\n")
+
+    def config(name, batch_size, grad_accum_steps, max_steps=6):
+        cfg = tiny_run(tmp_path / name, max_steps=max_steps, save_every=2, eval_every=0, batch_size=batch_size)
+        cfg.train.grad_accum_steps = grad_accum_steps
+        cfg.model.dropout = cfg.model.attention_dropout = 0.0
+        cfg.data = DataConfig(
+            format="text", paths=[str(corpus)], max_length=64, vocab_size=300, cache_dir=str(tmp_path / "cache")
+        )
+        return cfg
+
+    run_pretraining(config("whole", 12, 1))
+    run_pretraining(config("split", 4, 3))
+    run_pretraining(config("resumed", 12, 1, max_steps=2))
+    run_pretraining(config("resumed", 4, 3))  # resume=auto: the 12 x 1 step-2 checkpoint, as 4 x 3
+    epochs = [json.loads(p.read_text())["epoch"] for p in (tmp_path / "cache" / "bert_pairs").glob("*/meta.json")]
+    assert sorted(epochs) == [0, 0, 1, 2], "train epochs 0, 1 and 2, and validation"
+    whole = losses(tmp_path / "whole" / "run")
+    assert len(whole) == 6
+    for name in ("split", "resumed"):
+        other = losses(tmp_path / name / "run")
+        assert other.keys() == whole.keys()
+        for step in whole:
+            assert abs(other[step] - whole[step]) < 1e-5, (name, step, other[step], whole[step])
 
 
 @pytest.mark.slow  # tiny in-process training runs

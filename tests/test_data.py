@@ -17,6 +17,7 @@ from pretrain.config import ConfigError, DataConfig, HubSource
 from pretrain.data import (
     BatchPlan,
     MLMCollator,
+    PlannedBatches,
     TokenSplit,
     build_pretraining_data,
     check_text_files,
@@ -141,6 +142,30 @@ def test_batch_plan_starts_anywhere():
     # an optimizer step (micro-batches x accumulation) larger than the data would repeat examples within it
     with pytest.raises(DataError, match=r"only 20 training examples for an optimizer step of 32 \(train.batch_size"):
         BatchPlan(20, 8, seed=0, step_batch_size=32)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_an_optimizer_step_trains_on_the_same_examples_however_it_is_split(grouped):
+    """An epoch is cut into whole optimizer steps (124 examples, steps of 8: 15 steps, 4 left over), so
+    8 x accumulation 1, 2 x 4, 2 processes x 4, 2 processes x 2 x 2 and 1 x 8 give every step the same
+    (example, mask seed, epoch) keys in the same order, across epoch boundaries and from any resume step."""
+    n, seed, steps = 124, 3, 40  # epochs 0, 1 and 2
+
+    def lengths(epoch):
+        return np.random.default_rng(epoch).integers(8, 64, n)
+
+    def step_keys(batch_size, processes, accum, start=0):
+        plan = BatchPlan(n, batch_size * processes, seed, lengths=lengths if grouped else None, step_batch_size=8)
+        ranks = [iter(PlannedBatches(plan, start * accum, r, processes, seed)) for r in range(processes)]
+        return [[key for _ in range(accum) for rank in ranks for key in next(rank)] for _ in range(start, steps)]
+
+    whole = step_keys(8, 1, 1)
+    assert [{epoch for _, _, epoch in keys} for keys in whole] == [{s // 15} for s in range(steps)]
+    for epoch in range(2):
+        assert len({index for keys in whole[epoch * 15 : epoch * 15 + 15] for index, _, _ in keys}) == 120
+    for split in [(2, 1, 4), (4, 2, 1), (2, 2, 2), (1, 1, 8)]:
+        assert step_keys(*split) == whole, split
+        assert step_keys(*split, start=13) == whole[13:], split  # a resume before the epoch boundary
 
 
 # ----------------------------------------------------------------------------- BERT pairs

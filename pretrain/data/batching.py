@@ -35,11 +35,13 @@ def group_by_length(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng
 
 
 class BatchPlan:
-    """Which examples make up global batch k, for any k, with no iteration: epoch e is a permutation
-    seeded by (seed, e). Resuming at step k is index arithmetic, not a replay of the data. With
-    `lengths` (epoch -> each example's length) the permutation is grouped by length (group_by_length) in
-    units of an optimizer step's examples (`step_batch_size`: the global batch times gradient accumulation),
-    so what a step trains on does not depend on how it is split into micro-batches or processes."""
+    """Which examples make up global batch k (a micro-batch over all processes), for any k, with no
+    iteration: epoch e is a permutation seeded by (seed, e). Resuming at step k is index arithmetic, not a
+    replay of the data. The epoch is cut into whole optimizer steps (`step_batch_size`: the global batch
+    times gradient accumulation; the tail that fills no step is dropped), and with `lengths` (epoch -> each
+    example's length) the permutation is grouped by length (group_by_length) in the same units: a step
+    never spans two epochs, and what it trains on does not depend on how it is split into micro-batches
+    or processes."""
 
     def __init__(
         self,
@@ -50,11 +52,15 @@ class BatchPlan:
         lengths: Callable[[int], np.ndarray] | None = None,
         step_batch_size: int | None = None,
     ):
-        needed = max(global_batch_size, step_batch_size or 0)  # an optimizer step sees each example once at most
-        if num_examples < needed:
+        step_batch_size = step_batch_size or global_batch_size
+        if step_batch_size % global_batch_size:
+            raise ValueError(
+                f"an optimizer step of {step_batch_size} is not whole global batches of {global_batch_size}"
+            )
+        if num_examples < step_batch_size:  # an optimizer step sees each example once at most
             raise DataError(
-                f"only {num_examples} training examples for an optimizer step of {needed} (train.batch_size x "
-                "processes x train.grad_accum_steps); use more data or a smaller train.batch_size / grad_accum_steps"
+                f"only {num_examples} training examples for an optimizer step of {step_batch_size} (train.batch_size"
+                " x processes x train.grad_accum_steps); use more data or a smaller train.batch_size / grad_accum_steps"
             )
         self.num_examples, self.global_batch_size, self.seed, self.shuffle = (
             num_examples,
@@ -62,9 +68,11 @@ class BatchPlan:
             seed,
             shuffle,
         )
-        self.batches_per_epoch = num_examples // global_batch_size  # the incomplete tail batch is dropped
         self.lengths = lengths
-        self.step_batch_size = step_batch_size or global_batch_size
+        self.step_batch_size = step_batch_size
+        # in global batches (k counts them), but whole optimizer steps: accumulation moves no epoch boundary
+        steps_per_epoch = num_examples // step_batch_size
+        self.batches_per_epoch = steps_per_epoch * (step_batch_size // global_batch_size)
 
     def batch(self, k: int) -> tuple[int, list[int]]:
         epoch, position = divmod(k, self.batches_per_epoch)
