@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from test_pretraining import losses, step_dirs, tiny_run
 from pretrain.config import ConfigError, DataConfig
 from pretrain.pretraining import run_pretraining
 from pretrain.train import TrainingStopped
+from pretrain.train import loop as training_loop
 from pretrain.train.checkpoints import CheckpointManager, latest_checkpoint, list_checkpoints, read_trainer_state
 
 
@@ -204,9 +206,26 @@ def test_changed_learning_rate_applies_from_the_resume_step(tmp_path, caplog):
     cfg = tiny_run(tmp_path, max_steps=4, save_every=2, eval_every=0, schedule="constant")
     run_pretraining(cfg)
     resumed = tiny_run(tmp_path, max_steps=6, save_every=2, eval_every=0, schedule="constant", lr=5e-4)
-    with caplog.at_level(logging.WARNING):
+    resumed.train.weight_decay, resumed.train.adam_betas, resumed.train.adam_eps = 0.5, [0.5, 0.6], 0.1
+    applied = []
+    real = training_loop.apply_optimizer_settings
+
+    def recording(optimizer, train_cfg):
+        changes = real(optimizer, train_cfg)
+        applied.extend(optimizer.param_groups)
+        return changes
+
+    with caplog.at_level(logging.WARNING), patch.object(training_loop, "apply_optimizer_settings", recording):
         run_pretraining(resumed)
     assert "train.lr: 0.001 -> 0.0005" in caplog.text and "train.max_steps: 4 -> 6" in caplog.text
+    # weight decay, betas and eps were the checkpoint's (restored with the optimizer state), recorded as changed
+    assert (
+        "train.weight_decay: 0.01 -> 0.5, train.adam_betas: (0.9, 0.999) -> (0.5, 0.6), train.adam_eps:" in caplog.text
+    )
+    assert [(g["weight_decay"], g["betas"], g["eps"]) for g in applied] == [
+        (0.5, (0.5, 0.6), 0.1),
+        (0.0, (0.5, 0.6), 0.1),
+    ]
     rows = [json.loads(line) for line in (Path(cfg.train.output_dir) / "metrics.jsonl").read_text().splitlines()]
     lr = {r["step"]: r["lr"] for r in rows if "lr" in r}
     assert lr[4] == pytest.approx(1e-3) and lr[5] == lr[6] == pytest.approx(5e-4)

@@ -37,7 +37,14 @@ from .checkpoints import (
 )
 from .host import keep_freed_memory
 from .metrics import MetricsLog, Progress, plot_losses
-from .optim import build_optimizer, learning_rate, log_schedule_change, schedule_settings, set_learning_rate
+from .optim import (
+    apply_optimizer_settings,
+    build_optimizer,
+    learning_rate,
+    log_schedule_change,
+    schedule_settings,
+    set_learning_rate,
+)
 from .resume import (
     check_global_batch,
     check_length_grouping,
@@ -283,12 +290,16 @@ def start_run(
         check_global_batch(resumed, state, cfg, world)
         check_length_grouping(resumed, state, task.lengths is not None)
         load_checkpoint(resumed, state, run, accelerator)
+        optimizer_changes = apply_optimizer_settings(run.optimizer, cfg)
         run.step = state["step"]
         run.skipped += state.get("skipped_steps", 0)
         run.clock = TrainClock(cfg.max_minutes, state.get("elapsed_s", 0.0))
         if main:
             log.info("resuming from %s (step %d)", resumed, run.step)
             log_schedule_change(state.get("schedule"), cfg, run.step)
+            if optimizer_changes:
+                log.warning("the optimizer settings changed since the checkpoint (%s); they apply from step %d on",
+                            ", ".join(optimizer_changes), run.step)  # fmt: skip
             if run_config is not None:
                 log_data_change(out / "config.json", run_config, run.step)
     manager.accept(resumed)  # the resume is accepted: now the run's files may change
@@ -329,7 +340,9 @@ def make_loader(
         cfg.batch_size * world,
         seed,
         lengths=task.lengths,
-        step_batch_size=cfg.batch_size * world * cfg.grad_accum_steps,  # length groups of whole optimizer steps
+        step_batch_size=cfg.batch_size
+        * world
+        * cfg.grad_accum_steps,  # epochs (and length groups) of whole optimizer steps
     )
     sampler = PlannedBatches(
         plan, start=step * cfg.grad_accum_steps, rank=accelerator.process_index, world_size=world, seed=seed

@@ -76,6 +76,20 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     ]
 
 
+def apply_optimizer_settings(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> list[str]:
+    """After a resume the parameter groups hold the checkpoint's weight decay, betas and eps (loading the
+    optimizer state restores them): this run's values replace them. Returns the changes, for the log."""
+    names = {"weight_decay": "train.weight_decay", "betas": "train.adam_betas", "eps": "train.adam_eps"}
+    changed: dict[str, str] = {}
+    for index, group in enumerate(optimizer.param_groups):  # parameter_groups: decayed first, then the rest
+        decay = cfg.weight_decay if index == 0 else 0.0
+        for key, value in {"weight_decay": decay, "betas": tuple(cfg.adam_betas), "eps": cfg.adam_eps}.items():
+            if (tuple(group[key]) if key == "betas" else group[key]) != value:
+                changed.setdefault(key, f"{names[key]}: {group[key]} -> {value}")
+                group[key] = value
+    return list(changed.values())
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Fused AdamW: it takes a device-side `found_inf` flag, so a non-finite step is skipped (weights
     and moments untouched) without a host sync."""
