@@ -137,6 +137,15 @@ def test_export_and_init_skip_a_truncated_checkpoint(tmp_path, caplog, capsys):
     # the optimizer's state is not the model's: a checkpoint copied without state/ still loads
     shutil.rmtree(out / "checkpoints/step-00000003/state")
     assert load_pretrained(out) is not None
+    # a flipped byte (same size) was exported and loaded silently; resume refused it
+    weights = out / "checkpoints/step-00000003/model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=r"step-00000003 is damaged: model.safetensors is corrupt \(its sha256"):
+        load_pretrained(out / "checkpoints/step-00000003")
+    with pytest.raises(ConfigError, match=r"every checkpoint of the run is damaged \(the oldest: model.safetensors is"):
+        resolve_run_dir(out)
 
 
 @pytest.mark.slow  # tiny in-process training runs
