@@ -19,7 +19,9 @@ def trained_tokenizer_dir(cfg: DataConfig, family: str) -> Path:
     stamp and the sample settings, never the cache location: the same corpus and settings give the
     same tokenizer (training is deterministic on a fixed sample, in any process)."""
     key = key_of(
-        "tokenizer-5",  # 3: WordPiece ties by codepoint; 4: line ends as text mode reads them; 5: bytes cells decoded
+        # 3: WordPiece ties by codepoint; 4: line ends as text mode reads them; 5: bytes cells decoded;
+        # 6: the sample's windows read "\r" line ends and keep lines longer than a window
+        "tokenizer-6",
         corpus_stamp(cfg),
         cfg.format,
         cfg.text_column,
