@@ -632,3 +632,20 @@ def test_tokenizer_sample_of_lines_longer_than_the_window(tmp_path):
     assert sum(len(t) for t in sample) > 0.95 * 2 * WINDOW
     assert all(re.fullmatch(r"w[0-2]\d{7}", w) for w in words), "no word cut at a window's edge"
     assert list(sample_texts(DataConfig(format="text", paths=[str(b) for b in books]), 3_000_000, seed=0)) == sample
+
+
+def test_tokenizer_sample_reads_each_file_by_its_own_format(tmp_path):
+    """data=text with .jsonl files among the paths: their rows' text is sampled, never raw JSON."""
+    from pretrain.data.sampling import sample_texts
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(json.dumps({"text": f"row {i} says hello.", "meta": {"source": "web"}}) + "\n" for i in range(40_000))
+    )
+    prose = tmp_path / "prose.txt"
+    prose.write_text("".join(f"prose line {i} of the book.\n" for i in range(60_000)))
+    for fmt in ("text", "parquet"):
+        sample = list(sample_texts(DataConfig(format=fmt, paths=[str(rows), str(prose)]), 2_500_000, seed=0))
+        assert not [t for t in sample if "{" in t or "source" in t]
+        assert any(t.startswith("row ") for t in sample) and any(t.startswith("prose ") for t in sample)
+        assert 1e6 < sum(len(t) + 1 for t in sample) <= 2.5e6

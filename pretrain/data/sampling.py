@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig
-from .corpus import corpus_files, file_format, hub_sources, iter_documents
+from .corpus import corpus_files, file_documents, file_format, hub_sources, iter_documents
 
 SAMPLE_BLOCK = 1 << 16
 
@@ -49,26 +49,33 @@ def corpus_bytes(cfg: DataConfig) -> int | None:
 def sample_texts(cfg: DataConfig, budget_bytes: int, seed: int) -> Iterator[str]:
     """A reproducible sample of about `budget_bytes` of the corpus, to train the tokenizer on.
 
-    Uncompressed text and JSON-lines files are sampled in windows of 1 MiB at seeded offsets spread
-    over the whole corpus (no full read); other corpora are streamed and each document kept with
-    probability budget / size (hub data: the first `budget_bytes`)."""
+    Each file is sampled by its own format (file_format, as preparation reads it): uncompressed text files
+    in windows of 1 MiB at seeded offsets spread over them (no full read); JSON, Parquet and compressed
+    files are streamed and each document kept with probability budget / size (hub data: the first
+    `budget_bytes`)."""
     files = corpus_files(cfg)
     total = sum(f.stat().st_size for f in files)
-    seekable = files and all(f.suffix.lower() != ".gz" and file_format(f, "text") != "parquet" for f in files)
     if files and total <= budget_bytes:
         yield from (d.text for d in iter_documents(cfg))
         return
-    if seekable and cfg.format != "json":
-        yield from _window_sample(files, total, budget_bytes, seed)
-        return
+    default = "text" if cfg.format in ("sample", "text") else cfg.format
+    windowed = [f for f in files if f.suffix.lower() != ".gz" and file_format(f, default) == "text"]
+    streamed = [f for f in files if f not in windowed]
+    windowed_bytes = sum(f.stat().st_size for f in windowed)
+    if windowed:
+        yield from _window_sample(windowed, windowed_bytes, budget_bytes * windowed_bytes / total, seed)
+        if not streamed:
+            return
     rng = random.Random(seed)
     keep = budget_bytes / total if files else 1.0
+    stream_budget = budget_bytes - budget_bytes * windowed_bytes / total if files else budget_bytes
+    docs = (d for f in streamed for d in file_documents(f, cfg) if d.text.strip()) if windowed else iter_documents(cfg)
     taken = 0
-    for doc in iter_documents(cfg):
+    for doc in docs:
         if rng.random() < keep:
             yield doc.text
             taken += doc.nbytes
-            if taken >= budget_bytes:
+            if taken >= stream_budget:
                 return
 
 

@@ -20,7 +20,8 @@ def trained_tokenizer_dir(cfg: DataConfig, family: str) -> Path:
     same tokenizer (training is deterministic on a fixed sample, in any process)."""
     key = key_of(
         # 3: WordPiece ties by codepoint; 4: line ends as text mode reads them; 5: bytes cells decoded;
-        # 6: the sample's windows read "\r" line ends and keep lines longer than a window
+        # 6: the sample's windows read "\r" line ends and keep lines longer than a window; each file sampled by
+        # its own format (a .jsonl among data=text paths)
         "tokenizer-6",
         corpus_stamp(cfg),
         cfg.format,
