@@ -649,3 +649,23 @@ def test_tokenizer_sample_reads_each_file_by_its_own_format(tmp_path):
         assert not [t for t in sample if "{" in t or "source" in t]
         assert any(t.startswith("row ") for t in sample) and any(t.startswith("prose ") for t in sample)
         assert 1e6 < sum(len(t) + 1 for t in sample) <= 2.5e6
+
+
+def test_trained_tokenizer_refuses_an_empty_sample_and_warns_on_a_small_vocabulary(tmp_path, caplog):
+    """A tokenizer that learned nothing beyond its special tokens / byte alphabet would train a model on
+    [UNK] only: refused. One far below data.vocab_size is warned, with its sizes and the likely causes."""
+    blank = tmp_path / "blank.txt"
+    blank.write_text(" \n\n  \n" * 1000)
+    for family in ("bert", "gpt"):
+        with pytest.raises(DataError, match="data.tokenizer_sample_mb|data.paths"):
+            trained_tokenizer(
+                DataConfig(format="text", paths=[str(blank)], vocab_size=2000, cache_dir=str(tmp_path / "c")), family
+            )
+    assert not list((tmp_path / "c" / "tokenizers").glob("*/meta.json")), "nothing cached"
+    corpus = str(text_corpus(tmp_path))
+    with caplog.at_level("WARNING", logger="pretrain.data.tokenizer_training"):
+        tok = trained_tokenizer(
+            DataConfig(format="text", paths=[corpus], vocab_size=8000, cache_dir=str(tmp_path / "c")), "bert"
+        )
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "data.vocab_size=8000" in warned[0] and str(len(tok)) in warned[0], warned
