@@ -618,3 +618,79 @@ def test_local_hub_layout_errors_and_numbers(tmp_path):
     pq.write_table(pa.table({"text": ["a b c"]}), other / "data" / "validation-00000-of-00001.parquet")
     with pytest.raises(ConfigError, match=r"validation_only: .*train.*\(data.hub_split, data.hub_config\)"):
         list(iter_documents(DataConfig(format="hub", hub_name=str(other), documents="rows")))
+
+
+def test_tokenizer_sample_reads_line_ends_as_preparation_does(tmp_path):
+    """A lone "\\r" and "\\r\\n" end a line in the sample as they do in decoded_lines: a CR-only corpus
+    bigger than the sample gives the same sample as its LF twin, not an empty one."""
+    from pretrain.data.sampling import sample_texts
+
+    text = "".join(
+        f"line {i} of a corpus with old Mac line ends.\n" + ("\n" if i % 5 == 0 else "") for i in range(60_000)
+    )
+    lf, cr, crlf = tmp_path / "lf.txt", tmp_path / "cr.txt", tmp_path / "crlf.txt"
+    lf.write_bytes(text.encode())
+    cr.write_bytes(text.replace("\n", "\r").encode())
+    crlf.write_bytes(text.replace("\n", "\r\n").encode())
+    lines = set(text.split("\n"))
+    samples = {
+        f.name: list(sample_texts(DataConfig(format="text", paths=[str(f)]), 1_000_000, seed=0)) for f in (lf, cr, crlf)
+    }
+    assert samples["cr.txt"] == samples["lf.txt"]
+    for sample in samples.values():
+        assert 0.5e6 < sum(len(t) + 1 for t in sample) <= 1.05e6
+        assert all(t in lines and t.strip() for t in sample), "whole lines, no line end left in them"
+
+
+def test_tokenizer_sample_of_lines_longer_than_the_window(tmp_path):
+    """One-line "books" bigger than the 1 MiB window still give a sample of the requested size: a window
+    holding no whole line keeps its text, cut at whitespace so that no partial word is learned."""
+    import re
+
+    from pretrain.data.sampling import WINDOW, sample_texts
+
+    books = [tmp_path / f"book{b}.txt" for b in range(3)]
+    for b, book in enumerate(books):
+        book.write_text(" ".join(f"w{b}{i:07d}" for i in range(150_000)) + "\n")  # 1.5 MB on one line
+    sample = list(sample_texts(DataConfig(format="text", paths=[str(b) for b in books]), 3_000_000, seed=0))
+    words = " ".join(sample).split()
+    assert sum(len(t) for t in sample) > 0.95 * 2 * WINDOW
+    assert all(re.fullmatch(r"w[0-2]\d{7}", w) for w in words), "no word cut at a window's edge"
+    assert list(sample_texts(DataConfig(format="text", paths=[str(b) for b in books]), 3_000_000, seed=0)) == sample
+
+
+def test_tokenizer_sample_reads_each_file_by_its_own_format(tmp_path):
+    """data=text with .jsonl files among the paths: their rows' text is sampled, never raw JSON."""
+    from pretrain.data.sampling import sample_texts
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(json.dumps({"text": f"row {i} says hello.", "meta": {"source": "web"}}) + "\n" for i in range(40_000))
+    )
+    prose = tmp_path / "prose.txt"
+    prose.write_text("".join(f"prose line {i} of the book.\n" for i in range(60_000)))
+    for fmt in ("text", "parquet"):
+        sample = list(sample_texts(DataConfig(format=fmt, paths=[str(rows), str(prose)]), 2_500_000, seed=0))
+        assert not [t for t in sample if "{" in t or "source" in t]
+        assert any(t.startswith("row ") for t in sample) and any(t.startswith("prose ") for t in sample)
+        assert 1e6 < sum(len(t) + 1 for t in sample) <= 2.5e6
+
+
+def test_trained_tokenizer_refuses_an_empty_sample_and_warns_on_a_small_vocabulary(tmp_path, caplog):
+    """A tokenizer that learned nothing beyond its special tokens / byte alphabet would train a model on
+    [UNK] only: refused. One far below data.vocab_size is warned, with its sizes and the likely causes."""
+    blank = tmp_path / "blank.txt"
+    blank.write_text(" \n\n  \n" * 1000)
+    for family in ("bert", "gpt"):
+        with pytest.raises(DataError, match="data.tokenizer_sample_mb|data.paths"):
+            trained_tokenizer(
+                DataConfig(format="text", paths=[str(blank)], vocab_size=2000, cache_dir=str(tmp_path / "c")), family
+            )
+    assert not list((tmp_path / "c" / "tokenizers").glob("*/meta.json")), "nothing cached"
+    corpus = str(text_corpus(tmp_path))
+    with caplog.at_level("WARNING", logger="pretrain.data.tokenizer_training"):
+        tok = trained_tokenizer(
+            DataConfig(format="text", paths=[corpus], vocab_size=8000, cache_dir=str(tmp_path / "c")), "bert"
+        )
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "data.vocab_size=8000" in warned[0] and str(len(tok)) in warned[0], warned

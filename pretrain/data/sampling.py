@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig
-from .corpus import corpus_files, file_format, hub_sources, iter_documents
+from .corpus import corpus_files, file_documents, file_format, hub_sources, iter_documents
 
 SAMPLE_BLOCK = 1 << 16
 
@@ -48,34 +49,42 @@ def corpus_bytes(cfg: DataConfig) -> int | None:
 def sample_texts(cfg: DataConfig, budget_bytes: int, seed: int) -> Iterator[str]:
     """A reproducible sample of about `budget_bytes` of the corpus, to train the tokenizer on.
 
-    Uncompressed text and JSON-lines files are sampled in windows of 1 MiB at seeded offsets spread
-    over the whole corpus (no full read); other corpora are streamed and each document kept with
-    probability budget / size (hub data: the first `budget_bytes`)."""
+    Each file is sampled by its own format (file_format, as preparation reads it): uncompressed text files
+    in windows of 1 MiB at seeded offsets spread over them (no full read); JSON, Parquet and compressed
+    files are streamed and each document kept with probability budget / size (hub data: the first
+    `budget_bytes`)."""
     files = corpus_files(cfg)
     total = sum(f.stat().st_size for f in files)
-    seekable = files and all(f.suffix.lower() != ".gz" and file_format(f, "text") != "parquet" for f in files)
     if files and total <= budget_bytes:
         yield from (d.text for d in iter_documents(cfg))
         return
-    if seekable and cfg.format != "json":
-        yield from _window_sample(files, total, budget_bytes, seed)
-        return
+    default = "text" if cfg.format in ("sample", "text") else cfg.format
+    windowed = [f for f in files if f.suffix.lower() != ".gz" and file_format(f, default) == "text"]
+    streamed = [f for f in files if f not in windowed]
+    windowed_bytes = sum(f.stat().st_size for f in windowed)
+    if windowed:
+        yield from _window_sample(windowed, windowed_bytes, budget_bytes * windowed_bytes / total, seed)
+        if not streamed:
+            return
     rng = random.Random(seed)
     keep = budget_bytes / total if files else 1.0
+    stream_budget = budget_bytes - budget_bytes * windowed_bytes / total if files else budget_bytes
+    docs = (d for f in streamed for d in file_documents(f, cfg) if d.text.strip()) if windowed else iter_documents(cfg)
     taken = 0
-    for doc in iter_documents(cfg):
+    for doc in docs:
         if rng.random() < keep:
             yield doc.text
             taken += doc.nbytes
-            if taken >= budget_bytes:
+            if taken >= stream_budget:
                 return
 
 
 WINDOW = 1 << 20
+_LINE_END = re.compile(r"\r\n|\r|\n")  # as decoded_lines (text mode) reads them
 
 
-def _window_sample(files: list[Path], total: int, budget_bytes: int, seed: int) -> Iterator[str]:
-    n_windows = max(1, budget_bytes // WINDOW)
+def _window_sample(files: list[Path], total: int, budget_bytes: float, seed: int) -> Iterator[str]:
+    n_windows = max(1, round(budget_bytes / WINDOW))  # the nearest to the budget: 2 MB is two windows, not one
     stride = total / n_windows
     rng = random.Random(seed)
     starts = [int(k * stride + rng.random() * max(0.0, stride - WINDOW)) for k in range(n_windows)]
@@ -83,16 +92,36 @@ def _window_sample(files: list[Path], total: int, budget_bytes: int, seed: int) 
     for f in files:
         bounds.append((at, at + f.stat().st_size, f))
         at += f.stat().st_size
-    for start in starts:
+    for start in starts:  # a window over the files end to end: one that crosses a file's end goes on in the next
         for lo, hi, f in bounds:
-            if lo <= start < hi:
-                with f.open("rb") as fh:
-                    fh.seek(start - lo)
-                    raw = fh.read(min(WINDOW, hi - start))
-                text = raw.decode("utf-8", errors="ignore")  # a window cut mid-character; UTF-8 is checked later
-                lines = text.split("\n")[1:-1] if start > lo else text.split("\n")[:-1]  # whole lines only
-                yield from (line for line in lines if line.strip())
-                break
+            if start < hi and lo < start + WINDOW:
+                at = max(start, lo)
+                yield from _window_texts(f, at - lo, min(hi, start + WINDOW) - at, hi - lo)
+
+
+def _window_texts(path: Path, offset: int, length: int, size: int) -> Iterator[str]:
+    """The non-blank whole lines of the `length` bytes at `offset` of a text file of `size` bytes, line
+    ends read as preparation reads them ("\r\n", a lone "\r", "\n"). A window that holds no whole line
+    (lines longer than the window) keeps its text, cut at whitespace at both ends: a partial line is still
+    text of the corpus, a partial word is not."""
+    first = max(0, offset - 1)  # the bytes either side tell whether the window starts / ends at a line end
+    with path.open("rb") as fh:
+        fh.seek(first)
+        raw = fh.read(offset + length + 1 - first)
+    text = raw.decode("utf-8", errors="ignore")  # a window cut mid-character; UTF-8 is checked later
+    if offset == 0:
+        text = text.removeprefix("\ufeff")  # a byte-order mark is not text (decoded_lines drops it too)
+    at_end = offset + length >= size
+    pieces = _LINE_END.split(text)
+    lines = pieces[(1 if offset else 0) : (None if at_end else -1)]  # the pieces at a cut edge are partial
+    if any(line.strip() for line in lines):
+        yield from (line for line in lines if line.strip())
+        return
+    if offset:
+        text = text[re.match(r"\S*", text).end() :]  # type: ignore[union-attr]
+    if not at_end:
+        text = text[: re.search(r"\S*\Z", text).start()]  # type: ignore[union-attr]
+    yield from (line for line in _LINE_END.split(text) if line.strip())
 
 
 def cpu_count() -> int:
