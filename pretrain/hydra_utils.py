@@ -140,6 +140,9 @@ def run_cli(app: Callable[[], None]) -> None:
         sys.exit(USER_ERROR)
     try:
         app()
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped between checkpoints, nothing more to say
+        print("interrupted: stopped without saving; the last checkpoint resumes (train.resume=auto)", file=sys.stderr)
+        sys.exit(130)
     except SystemExit as e:
         if e.code == 1 and not _job_started:  # hydra's own message (bad override, unknown preset) was printed
             sys.exit(USER_ERROR)

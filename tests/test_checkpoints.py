@@ -329,6 +329,19 @@ def test_sigterm_saves_at_the_step_boundary_and_the_same_command_resumes(tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_first_ctrl_c_asks_for_a_checkpoint_and_a_second_stops_at_once():
+    """Ctrl-C was a KeyboardInterrupt traceback and saved nothing; now the first behaves as SIGTERM."""
+    from pretrain.train.signals import StopSignals
+
+    handler_before = signal.getsignal(signal.SIGINT)
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) == handler_before
+
+
 def test_parallelism_and_working_batch_sizes(monkeypatch):
     from pretrain.config import ImplConfig
     from pretrain.train.distributed import resolve_parallelism

@@ -1,4 +1,5 @@
-"""Preemption: SIGTERM / SIGUSR1 ask for a checkpoint at the next step boundary and a clean exit (status 0)."""
+"""Preemption: SIGTERM / SIGUSR1 (and a first Ctrl-C) ask for a checkpoint at the next step boundary and a clean
+exit (status 0)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class StopSignals:
     """SIGTERM / SIGUSR1 (what schedulers send before killing a job) request a save at the next step
     boundary and a clean exit. With several processes they agree at logged steps (one all-reduce there)."""
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")  # SIGINT: Ctrl-C; a second one stops at once, unsaved
 
     def __init__(self) -> None:
         self.name: str | None = None
@@ -40,8 +41,11 @@ class StopSignals:
         return self
 
     def _handle(self, number: int, frame: Any) -> None:
+        if number == signal.SIGINT and self.name == "SIGINT":
+            raise KeyboardInterrupt
         self.name = signal.Signals(number).name
-        log.warning("%s received: saving a checkpoint at the next step boundary, then exiting", self.name)
+        again = " (Ctrl-C again: stop now, unsaved)" if number == signal.SIGINT else ""
+        log.warning("%s received: saving a checkpoint at the next step boundary, then exiting%s", self.name, again)
 
     def __exit__(self, *exc: Any) -> None:
         for number, handler in self.previous.items():
