@@ -518,3 +518,28 @@ def test_a_multirun_whose_jobs_share_train_output_dir_is_refused_at_the_second_j
     status, stderr = run(args, tmp_path, "pretrain")
     assert_user_error(status, stderr, f"train.output_dir={out} is the directory of job 0 of this multirun too")
     assert "leave train.output_dir unset" in stderr
+
+
+def test_json_documents_and_a_gzip_file_without_its_suffix(tmp_path):
+    """{"data": [...]} (documented, but refused: "line 1 is not valid JSON" pretty-printed, "no column 'text'" on
+    one line); a gzip file named .txt was "not valid UTF-8 ... iconv -f latin1"."""
+    import gzip
+
+    from pretrain.data.corpus import decoded_lines, json_rows
+    from pretrain.errors import DataError
+
+    rows = {"data": [{"text": "a cat"}, {"text": "a dog"}]}
+    for name, text in (("pretty.json", json.dumps(rows, indent=2)), ("one_line.json", json.dumps(rows))):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        assert list(json_rows(tmp_path / name, "text")) == ["a cat", "a dog"]
+    (tmp_path / "lines.jsonl").write_text('{"text": "a cat", "data": []}\n{"text": "a dog"}\n', encoding="utf-8")
+    assert list(json_rows(tmp_path / "lines.jsonl", "text")) == ["a cat", "a dog"]  # rows that have a data key
+    (tmp_path / "object.json").write_text('{\n"rows": 3\n}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"object.json is one JSON object without a 'data' list"):
+        list(json_rows(tmp_path / "object.json", "text"))
+    (tmp_path / "broken.jsonl").write_text('{"text": "a c\n{"text": "a dog"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"broken.jsonl line 1 is not valid JSON"):
+        list(json_rows(tmp_path / "broken.jsonl", "text"))
+    (tmp_path / "corpus.txt").write_bytes(gzip.compress(b"some text\n"))
+    with pytest.raises(DataError, match=r"corpus.txt is gzip-compressed; name it corpus.txt.gz, or decompress it"):
+        list(decoded_lines(tmp_path / "corpus.txt"))

@@ -686,6 +686,12 @@ def test_trained_tokenizer_refuses_an_empty_sample_and_warns_on_a_small_vocabula
             trained_tokenizer(
                 DataConfig(format="text", paths=[str(blank)], vocab_size=2000, cache_dir=str(tmp_path / "c")), family
             )
+    unique = tmp_path / "unique.txt"
+    unique.write_text("abcdefghij\n")  # no pair of bytes seen twice: byte-level BPE learns no merge
+    with pytest.raises(DataError, match=r"learned nothing beyond its byte alphabet .* no piece of text seen twice"):
+        trained_tokenizer(
+            DataConfig(format="text", paths=[str(unique)], vocab_size=2000, cache_dir=str(tmp_path / "c")), "gpt"
+        )
     assert not list((tmp_path / "c" / "tokenizers").glob("*/meta.json")), "nothing cached"
     corpus = str(text_corpus(tmp_path))
     with caplog.at_level("WARNING", logger="pretrain.data.tokenizer_training"):

@@ -96,6 +96,8 @@ def decoded_lines(path: Path) -> Iterator[tuple[str, int]]:
 
     with _open_binary(path) as f:
         for raw in _read_errors_named(f, gzip_errors, not_gzip):
+            if offset == 0 and raw.startswith(b"\x1f\x8b") and path.suffix.lower() != ".gz":  # gzip's magic
+                raise DataError(f"data file {path} is gzip-compressed; name it {path.name}.gz, or decompress it")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -245,7 +247,13 @@ def json_rows(path: Path, column: str) -> Iterator[str]:
     first = next(lines, None)
     if first is None:
         return
-    if first[0].lstrip().startswith("["):
+    start = first[0].strip()
+    if start.startswith("[") or start == "{":  # an array, or a pretty-printed object: one document
+        one_document = True
+    else:  # the first JSON-lines row (a broken one is named), or a whole {"data": [...]} on one line
+        record = _json_line(first[0], path, 1)
+        one_document = isinstance(record, dict) and column not in record and isinstance(record.get("data"), list)
+    if one_document:
         rest = "".join(line for line, _ in lines)
         try:
             records = json.loads(first[0] + rest)
@@ -255,6 +263,8 @@ def json_rows(path: Path, column: str) -> Iterator[str]:
                 f"one object per line ({{{column!r}: ...}}) or one array of such objects"
             ) from None
         records = records.get("data", records) if isinstance(records, dict) else records
+        if not isinstance(records, list):
+            raise DataError(f"data file {path} is one JSON object without a 'data' list; give its rows as a list")
         for r in records:
             yield _column(r, column, path)
         return

@@ -77,6 +77,8 @@ def check_learned(size: int, family: str, cfg: DataConfig, sample: _Counted) -> 
     drawn = (
         f"{sample.nbytes / 1e6:.2f} MB in {sample.count} texts, of data.tokenizer_sample_mb={cfg.tokenizer_sample_mb:g}"
     )
+    if sample.count == 0:  # nothing read at all (blank files): the message preparation gives
+        raise DataError("the corpus is empty: no non-blank document was found in the data; check data.paths")
     if size <= alphabet < cfg.vocab_size:
         holds = "no text" if not sample.nbytes else "no piece of text seen twice"
         raise DataError(
