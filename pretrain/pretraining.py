@@ -19,6 +19,7 @@ from .data import (
     example_seed,
     trained_tokenizer,
 )
+from .data.sampling import corpus_digest
 from .errors import ConfigError, check_output_dir
 from .interop import build_model, check_exportable
 from .tokenizer import check_family, load_tokenizer
@@ -216,5 +217,6 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
         return metrics
 
     lengths = getattr(data.train, "epoch_lengths", None) if cfg.data.group_by_length else None
-    task = Task(model, data.train, collate, evaluate, tokenizer=tokenizer, lengths=lengths)
+    digest = corpus_digest(cfg.data)
+    task = Task(model, data.train, collate, evaluate, tokenizer=tokenizer, lengths=lengths, data_digest=digest)
     return train(task, cfg.train, cfg.seed, run_config=to_dict(cfg), accelerator=accelerator, impl=cfg.impl)

@@ -463,3 +463,25 @@ def test_a_directory_in_use_by_a_live_run_is_refused_and_a_dead_runs_lock_is_tak
     cfg.train.resume = "auto"
     prepare_output_dir(cfg.train)
     assert (out / ".lock").read_text() == f"{socket.gethostname()} {os.getpid()}"
+
+
+@pytest.mark.slow  # tiny in-process training runs
+def test_a_resume_on_changed_data_files_is_named(tmp_path, caplog):
+    """Text appended to the corpus file: the data were prepared again (another held-out split, other
+    examples) and the resumed run went on without a word; touching the file (same content) is no change."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(CORPUS * 4), encoding="utf-8")
+    cfg = tiny_run(tmp_path, max_steps=3, save_every=3, eval_every=0)
+    cfg.data.format, cfg.data.paths, cfg.data.max_documents = "text", [str(corpus)], None
+    run_pretraining(cfg)
+    os.utime(corpus)  # the same bytes, a new time
+    cfg.train.max_steps = 4
+    with caplog.at_level(logging.WARNING):
+        run_pretraining(cfg)
+    assert "the data files changed" not in caplog.text
+    corpus.write_text("\n\n".join(CORPUS * 4 + ["A new document was added.\nIt has two sentences."]), encoding="utf-8")
+    cfg.train.max_steps = 5
+    with caplog.at_level(logging.WARNING):
+        run_pretraining(cfg)
+    assert "the data files changed since the checkpoint (sizes or contents)" in caplog.text
+    assert "the run trains on the new data from step 4" in caplog.text

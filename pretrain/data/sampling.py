@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -28,6 +29,15 @@ def corpus_stamp(cfg: DataConfig) -> list[Any]:
             stamp.append([s.name, s.config, s.split, s.text_column, s.documents, [_file_stamp(f) for f in files]])
         return stamp
     return [_file_stamp(f) for f in corpus_files(cfg)]
+
+
+def corpus_digest(cfg: DataConfig) -> str | None:
+    """What a file corpus holds, whatever its files' paths and times: their sizes and sampled blocks (as
+    corpus_stamp reads them); None for hub data."""
+    if cfg.format == "hub":
+        return None
+    content = [(size, blocks) for _, size, _, blocks in map(_file_stamp, corpus_files(cfg))]
+    return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]
 
 
 def _file_stamp(path: Path) -> list[Any]:

@@ -71,6 +71,7 @@ class Task:
     on_evaluate: Callable[[int, dict[str, float], torch.nn.Module], None] | None = None  # e.g. keep the best model
     # epoch -> each training example's length: batches then hold similar lengths (less padding computed)
     lengths: Callable[[int], Any] | None = None
+    data_digest: str | None = None  # what the data files hold (recorded in checkpoints; a resume names a change)
 
 
 def make_accelerator(cfg: TrainConfig, impl: ImplConfig) -> Any:
@@ -297,6 +298,9 @@ def start_run(
         if main:
             log.info("resuming from %s (step %d)", resumed, run.step)
             log_schedule_change(state.get("schedule"), cfg, run.step)
+            if task.data_digest and state.get("data_digest") not in (None, task.data_digest):
+                log.warning("the data files changed since the checkpoint (sizes or contents): they were prepared "
+                            "again, and the run trains on the new data from step %d", run.step)  # fmt: skip
             if optimizer_changes:
                 log.warning("the optimizer settings changed since the checkpoint (%s); they apply from step %d on",
                             ", ".join(optimizer_changes), run.step)  # fmt: skip
@@ -380,6 +384,7 @@ def save(
             "skipped_steps": skipped,
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "elapsed_s": run.clock.elapsed_s,
+            "data_digest": task.data_digest,
         }
         torch.save(trainer_state, directory / "trainer_state.pt")
         if task.tokenizer is not None:
