@@ -46,15 +46,33 @@ def find_tokenizer(init: str) -> Any:
 def causal_inputs(tokenizer: Any, first: list[str], second: list[str] | None, max_length: int) -> list[list[int]]:
     """A causal model's input ids: each text, or each pair as `a <eos> b`, between the special tokens the
     tokenizer puts around one text (BOS for a Llama-style tokenizer, as Hugging Face fine-tuning keeps it; none
-    for GPT-2's). save_hf writes this pair form into the export's tokenizer, so tok(a, b) there gives these ids.
-    Too long, the text's end is kept (the specials stay): the classifier reads the last token."""
+    for GPT-2's). save_hf writes this pair form and left truncation into the export's tokenizer, so
+    tok(a, b, truncation=True, max_length=...) there gives these ids. Too long, texts lose their start (the
+    classifier reads the last token); a pair is cut as `tokenizers` cuts "longest_first", both texts and the
+    <eos> kept."""
     prefix, suffix = special_affixes(tokenizer)
-    ids = tokenizer(first, add_special_tokens=False)["input_ids"]
-    if second is not None:
-        tails = tokenizer(second, add_special_tokens=False)["input_ids"]
-        ids = [a + [tokenizer.eos_token_id] + b for a, b in zip(ids, tails, strict=True)]
-    room = max(max_length - len(prefix) - len(suffix), 1)
-    return [prefix + x[-room:] + suffix for x in ids]
+    room = max(max_length - len(prefix) - len(suffix) - (second is not None), 1)
+    texts = tokenizer(first, add_special_tokens=False)["input_ids"]
+    if second is None:
+        return [prefix + a[-room:] + suffix for a in texts]
+    tails = tokenizer(second, add_special_tokens=False)["input_ids"]
+    pairs = []
+    for a, b in zip(texts, tails, strict=True):
+        keep_a, keep_b = longest_first(len(a), len(b), room)
+        pairs.append(prefix + a[len(a) - keep_a :] + [tokenizer.eos_token_id] + b[len(b) - keep_b :] + suffix)
+    return pairs
+
+
+def longest_first(n1: int, n2: int, room: int) -> tuple[int, int]:
+    """How many tokens of each text a pair keeps in `room` (the `tokenizers` library's "longest_first"): the
+    shorter text whole if the longer still gets as much, else half the room each (the odd one to the second)."""
+    if n1 + n2 <= room:
+        return n1, n2
+    short, long = min(n1, n2), max(n1, n2)
+    long = short if short > room else max(short, room - short)
+    if short + long > room:
+        short, long = room // 2, room // 2 + room % 2
+    return (long, short) if n1 > n2 else (short, long)
 
 
 def head_matches_labels(model: Any, head: nn.Linear, labels: list[str], init: str) -> bool:

@@ -284,6 +284,17 @@ def test_causal_export_tokenizer_encodes_as_our_finetuning(tmp_path, bos):
     # multiple choice and GPT-paper similarity (data.symmetric) encode their pairs the same way
     choices = mc.encode_pairs(tokenizer, first, second, 64, causal=True)
     assert [c["input_ids"] for c in choices] == hf_tokenizer(first, second)["input_ids"]
+    # too long: cut as the export's tokenizer cuts with truncation=True (longest_first, from the left); the whole
+    # `a <eos> b` cut from the left lost the first text and the <eos> (a different input than HF's)
+    long = [" ".join([t] * 6) for t in first]
+    from finetune.common import causal_inputs
+
+    for a, b in ((long, second), (second, long), (long, long)):
+        for length in (7, 12, 20, 33):
+            cut = hf_tokenizer(a, b, truncation=True, max_length=length)["input_ids"]
+            assert causal_inputs(tokenizer, a, b, length) == cut, (length, a[0][:20], b[0][:20])
+            assert all(tokenizer.eos_token_id in x for x in cut)
+        assert causal_inputs(tokenizer, a, None, 9) == hf_tokenizer(a, truncation=True, max_length=9)["input_ids"]
     # token classification too: the words' pieces after the tokenizer's own BOS, which it left out
     from finetune import token_classification as tc
 
