@@ -194,8 +194,8 @@ class Adapter:
             if model.config.norm_placement == "pre" and not model.config.causal:
                 why.append("norm_placement='pre'")
             raise ValueError(
-                f"Hugging Face {self.model_type} has no class for our {head!r} head "
-                f"({type(model).__name__}); it has {sorted(self.architectures.values())}"
+                f"the {self.model_type} export maps no Hugging Face class for our {head!r} head "
+                f"({type(model).__name__}); it writes {sorted(self.architectures.values())}"
                 + (f". The model exports as {self.model_type} for its {', '.join(why)}." if why else ".")
             )
         return self.architectures[head]

@@ -99,7 +99,7 @@ def hf_state_dict(model: AnyModel) -> dict[str, torch.Tensor]:
 
 
 def check_exportable(model: AnyModel, export: bool) -> None:
-    """With train.export=true, a model Hugging Face has no class for (a ModernBERT token classifier; a BERT
+    """With train.export=true, a model our export maps to no Hugging Face class (a ModernBERT token classifier; a BERT
     pretraining head on a RoBERTa model.init) is refused before training, not after it."""
     if not export:
         return
@@ -251,7 +251,7 @@ def load_hf_state_dict(model: AnyModel, state: dict[str, torch.Tensor], source: 
             "fine-tuning head (classification, qa) whose fresh weights are initialised."
         )
     fresh = [o for o in missing if o not in required]
-    if not heads and not isinstance(model, Transformer):  # a head HF has no class for: all of it is new
+    if not heads and not isinstance(model, Transformer):  # a head the export maps to no HF class: all new
         trunk_names |= {k for k in model.state_dict() if k.startswith("transformer.")}
         fresh += [k for k in model.state_dict() if k not in trunk_names and not _is_tied(model, k)]
     if fresh:
