@@ -1,5 +1,6 @@
 """Parity with Hugging Face models, both ways, to 1e-5 in fp32."""
 
+import json
 import logging
 
 import pytest
@@ -390,6 +391,15 @@ def test_exported_tokenizer_truncates_to_the_models_positions(family, tmp_path):
     usable = {"bert": 64, "roberta": 62, "gpt2": 64}[family]  # RoBERTa: positions from pad_token_id + 1 = 2
     exported = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert exported.model_max_length == usable
+    # a tokenizer saved after a call with truncation (a checkpoint's, mid-fine-tuning) kept that call's settings
+    tokenizer("good film story " * 3, truncation=True, max_length=4, stride=1)
+    save_hf(SequenceClassifier(config, num_labels=2).eval(), tmp_path / "again", tokenizer=tokenizer)
+    reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path / "again")
+    save_hf(SequenceClassifier(config, num_labels=2).eval(), tmp_path / "again", tokenizer=reloaded)
+    settings = json.loads((tmp_path / "again" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert not {"max_length", "stride", "truncation_strategy"} & set(settings)
+    backend = json.loads((tmp_path / "again" / "tokenizer.json").read_text(encoding="utf-8"))
+    assert backend["truncation"] is None and backend["padding"] is None
     ids = exported("good " * 100 + "dull", truncation=True)["input_ids"]
     last = exported("dull", add_special_tokens=False)["input_ids"][-1]
     if family == "gpt2":  # a causal classifier reads the last token: truncation keeps the end, as fine-tuning does

@@ -143,11 +143,14 @@ def fit_tokenizer_files(out: Path, tokenizer: Any, config: TransformerConfig) ->
     - no token_type_ids from the tokenizer of a model with fewer than two token types (our RoBERTa trained with
       a BERT tokenizer): HF RoBERTa has one row, and the 1s of a pair's second text would index past it;
     - a causal model's texts truncated on the left and its pairs as our fine-tuning encodes them
-      (`_write_causal_pair_template`)."""
+      (`_causal_post_processor`);
+    - no truncation or padding of the last call (a reloaded tokenizer took them as its own)."""
     config_file = out / "tokenizer_config.json"
     if not config_file.is_file():
         return
     settings = json.loads(config_file.read_text(encoding="utf-8"))
+    for per_call in ("max_length", "stride", "truncation_strategy"):  # left by the last call with truncation=True
+        settings.pop(per_call, None)
     usable = config.max_positions - config.positions_needed(0)
     settings["model_max_length"] = min(int(tokenizer.model_max_length), usable)
     if config.segment_vocab_size < 2 and "token_type_ids" in tokenizer.model_input_names:
@@ -155,25 +158,28 @@ def fit_tokenizer_files(out: Path, tokenizer: Any, config: TransformerConfig) ->
     if config.causal:  # truncation keeps a text's end, as our fine-tuning does: the classifier reads the last token
         settings["truncation_side"] = "left"
     config_file.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    if config.causal:
-        _write_causal_pair_template(out / "tokenizer.json", tokenizer)
+    backend = out / "tokenizer.json"
+    if backend.is_file():
+        saved = json.loads(backend.read_text(encoding="utf-8"))
+        saved["truncation"] = saved["padding"] = None  # the last call's, not the tokenizer's (reloaded as defaults)
+        if config.causal:
+            saved["post_processor"] = _causal_post_processor(saved.get("post_processor"), tokenizer, backend)
+        backend.write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")
+    elif config.causal:
+        log.warning("%s: no tokenizer.json to write the pair form `a <eos> b` into", out)
 
 
 # post-processors that put tokens around a text (the template below replaces them); others (ByteLevel's offsets) stay
 TOKEN_ADDING_PROCESSORS = ("TemplateProcessing", "BertProcessing", "RobertaProcessing")
 
 
-def _write_causal_pair_template(path: Path, tokenizer: Any) -> None:
+def _causal_post_processor(current: dict[str, Any] | None, tokenizer: Any, where: Path) -> dict[str, Any] | None:
     """A pair as our causal fine-tuning encodes it (finetune.common.causal_inputs): `a <eos> b` between the
     special tokens the tokenizer puts around one text (BOS for a Llama-style one); a single text as before.
     A GPT-2 tokenizer's own pair is `a b`, other ids (and logits) than the model was fine-tuned on."""
-    if tokenizer.eos_token_id is None or not path.is_file():
-        log.warning(
-            "%s: no tokenizer.json or no end-of-text token to write the pair form into; transformers encodes a "
-            "pair (a, b) otherwise than our fine-tuning's `a <eos> b`",
-            path.parent,
-        )
-        return
+    if tokenizer.eos_token_id is None:
+        log.warning("%s: no end-of-text token: transformers encodes a pair (a, b) otherwise than `a <eos> b`", where)
+        return current
     prefix, suffix = special_affixes(tokenizer)
 
     def special(token_id: int) -> dict[str, Any]:
@@ -188,12 +194,10 @@ def _write_causal_pair_template(path: Path, tokenizer: Any) -> None:
         "pair": [*before, first, special(tokenizer.eos_token_id), second, *after],
         "special_tokens": {t: {"id": t, "ids": [i], "tokens": [t]} for t, i in specials.items()},
     }
-    saved = json.loads(path.read_text(encoding="utf-8"))
-    current = saved.get("post_processor") or {"type": "Sequence", "processors": []}
+    current = current or {"type": "Sequence", "processors": []}
     processors = current["processors"] if current["type"] == "Sequence" else [current]
     kept = [p for p in processors if p["type"] not in TOKEN_ADDING_PROCESSORS]
-    saved["post_processor"] = {"type": "Sequence", "processors": [*kept, template]} if kept else template
-    path.write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")
+    return {"type": "Sequence", "processors": [*kept, template]} if kept else template
 
 
 # ----------------------------------------------------------------------------- import
