@@ -80,15 +80,18 @@ def progress_fn(max_steps: int, clock: TrainClock) -> Callable[[int], float]:
     return progress
 
 
-def budget_spent(clock: TrainClock, accelerator: Any) -> bool:
-    """Whether the time budget is spent. With several processes the main process decides and the
-    others follow (one tiny collective per step, only for budgeted multi-process runs), so all stop
-    at the same step."""
+def budget_spent(clock: TrainClock, accelerator: Any) -> tuple[bool, float]:
+    """Whether the time budget is spent, and the time fraction the next step's learning rate follows. With
+    several processes the main process decides both and the others follow (one tiny collective per step,
+    only for budgeted multi-process runs): all stop at the same step and every replica or shard gets the
+    same learning rate (each rank's own clock would drift the replicas apart)."""
     if clock.budget_s is None:
-        return False
+        return False, 0.0
     if accelerator.num_processes == 1:
-        return clock.spent()
+        return clock.spent(), clock.time_fraction()
     import torch
 
-    flag = torch.tensor([1.0 if clock.spent() and accelerator.is_main_process else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+    main = accelerator.is_main_process
+    mine = [float(clock.spent()), clock.time_fraction()] if main else [0.0, 0.0]
+    spent, fraction = accelerator.reduce(torch.tensor(mine, device=accelerator.device), reduction="sum").tolist()
+    return spent > 0, fraction

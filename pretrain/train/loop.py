@@ -113,6 +113,7 @@ class Run:
     skipped: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
     skipped_in_a_row: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
     clock: TrainClock = field(default_factory=lambda: TrainClock(None))  # training seconds, for train.max_minutes
+    time_fraction: float = 0.0  # of the budget, as the main process read it at the last step (the schedule's)
 
     def whole_model(self) -> torch.nn.Module:
         """The model, whole, on every process (collective under FSDP)."""
@@ -173,7 +174,7 @@ def train_step(
     bad = ~torch.isfinite(norm)  # a non-finite loss gives non-finite gradients
     if accelerator.scaler is None:  # fp16: the GradScaler skips such steps itself
         run.optimizer.found_inf = bad.float()
-    set_learning_rate(run.optimizer, learning_rate(cfg, run.step, run.clock.time_fraction()))
+    set_learning_rate(run.optimizer, learning_rate(cfg, run.step, run.time_fraction))
     run.step_optimizer.step()
     run.step_optimizer.zero_grad(set_to_none=True)
     run.skipped += bad
@@ -228,7 +229,8 @@ def train(
     last_eval: dict[str, float] = {}
     run.model.train()
     run.clock.restart()  # building and preparing is not training time
-    done = run.step >= cfg.max_steps or budget_spent(run.clock, accelerator)
+    spent, run.time_fraction = budget_spent(run.clock, accelerator)
+    done = run.step >= cfg.max_steps or spent
     with StopSignals() as stop:
         try:
             if done:  # a finished run's command run again: nothing to train, but its final metrics are wanted
@@ -241,7 +243,8 @@ def train(
                 step_loss, counts = train_step(run, micro, cfg, accelerator)
                 progress.count(micro, step_flops(run.unwrapped, micro))
                 step = run.step
-                done = step >= cfg.max_steps or budget_spent(run.clock, accelerator)
+                spent, run.time_fraction = budget_spent(run.clock, accelerator)
+                done = step >= cfg.max_steps or spent
                 if step % cfg.log_every == 0 or done:
                     log_step(run, cfg, accelerator, step_loss, progress, metrics)
                 progress.bar.update(1)
@@ -424,7 +427,7 @@ def log_step(
     skipped = check_skipped_steps(run, cfg)
     values = {
         "loss": loss_value,
-        "lr": learning_rate(cfg, run.step - 1, run.clock.time_fraction()),
+        "lr": learning_rate(cfg, run.step - 1, run.time_fraction),
         **progress.throughput(run.clock, accelerator),
         "train_seconds": run.clock.elapsed_s,  # evaluation and checkpoints excluded; carried over resumes
     }
