@@ -92,7 +92,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     check_wandb(cfg.train)
     check_output_dir("train.output_dir", cfg.train.output_dir)
     accelerator = make_accelerator(cfg.train, cfg.impl)
-    prepare_output_dir(cfg.train, accelerator.is_main_process)
+    prepare_output_dir(cfg.train, accelerator)
     out = Path(cfg.train.output_dir)
     tokenizer = load_tokenizer(cfg.model.tokenizer) if cfg.model.tokenizer else find_tokenizer(cfg.model.init)
     saved = saved_tokenizer_dir(cfg.model.init)

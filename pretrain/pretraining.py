@@ -184,7 +184,7 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
     accelerator = make_accelerator(cfg.train, cfg.impl)
     out = Path(cfg.train.output_dir)
     # fail before any work if the directory holds another run
-    resume_from = prepare_output_dir(cfg.train, accelerator.is_main_process)
+    resume_from = prepare_output_dir(cfg.train, accelerator)
     tokenizer = get_tokenizer(cfg, out, accelerator.is_main_process, accelerator, resume_from)
     family = cfg.model.style
     set_seed(cfg.seed)  # the data preparation draws from its own seeded generators, not the global one

@@ -463,6 +463,17 @@ def test_a_directory_in_use_by_a_live_run_is_refused_and_a_dead_runs_lock_is_tak
     cfg.train.resume = "auto"
     prepare_output_dir(cfg.train)
     assert (out / ".lock").read_text() == f"{socket.gethostname()} {os.getpid()}"
+    # another process (another node's) gets the main process's refusal, not a gloo error at its next collective
+    from types import SimpleNamespace
+
+    import accelerate.utils
+
+    other_rank = SimpleNamespace(is_main_process=False, num_processes=2)
+    sent = []
+    with patch.object(accelerate.utils, "broadcast_object_list", lambda xs: sent.append(xs) or ["in use (main)"]):
+        with pytest.raises(ConfigError, match=r"^in use \(main\)$"):
+            prepare_output_dir(cfg.train, other_rank)
+    assert sent == [[None]]  # it took no lock of its own
 
 
 @pytest.mark.slow  # tiny in-process training runs

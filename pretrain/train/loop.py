@@ -281,7 +281,7 @@ def start_run(
 ) -> tuple[Run, CheckpointManager]:
     """The model set up on the processes and, when a checkpoint is found (and verified), resumed from it."""
     out = Path(cfg.output_dir)
-    candidate = prepare_output_dir(cfg, accelerator.is_main_process)
+    candidate = prepare_output_dir(cfg, accelerator)
     accelerator.wait_for_everyone()
     main, world = accelerator.is_main_process, accelerator.num_processes
     run = setup_model(task, cfg, impl, accelerator)

@@ -31,10 +31,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def prepare_output_dir(cfg: TrainConfig, is_main: bool = True) -> Path | None:
+def prepare_output_dir(cfg: TrainConfig, accelerator: Any = None) -> Path | None:
     """The checkpoint to resume from, before any work (the resume itself verifies it and may fall back
     to an older one). Refuses to write into a directory that already holds a run when
-    train.resume=null, so no earlier checkpoint is ever overwritten by accident."""
+    train.resume=null, so no earlier checkpoint is ever overwritten by accident. The main process takes
+    the directory's lock; its refusal reaches every process (another node's would end in a gloo error)."""
     out = Path(cfg.output_dir)
     checkpoints = out / "checkpoints"
     if cfg.resume is None and ((out / "metrics.jsonl").exists() or latest_checkpoint(checkpoints)):
@@ -42,8 +43,18 @@ def prepare_output_dir(cfg: TrainConfig, is_main: bool = True) -> Path | None:
             f"train.output_dir={out} already holds a run; pass train.resume=auto to continue it, "
             "or choose another train.output_dir / train.run_name"
         )
-    if is_main:
-        lock_output_dir(out)
+    refusal = None
+    if accelerator is None or accelerator.is_main_process:
+        try:
+            lock_output_dir(out)
+        except ConfigError as e:
+            refusal = str(e)
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal is not None:
+        raise ConfigError(refusal)
     if cfg.resume is None:
         return None
     if cfg.resume == "auto":
