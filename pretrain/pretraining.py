@@ -192,7 +192,7 @@ def run_pretraining(cfg: PretrainConfig) -> dict[str, float]:
     check_positions(cfg.data.max_length, model.config)
     check_exportable(model, cfg.train.export)  # model.init's structure (a RoBERTa run) may not be cfg.model's
     if resume_from is not None:  # a checkpoint of another model is refused before hours of tokenising
-        check_resumable_model(resume_from, model)
+        check_resumable_model(resume_from, model, cfg.train, accelerator.num_processes)
     with accelerator.main_process_first():  # one process prepares the shards, the others map them
         data = build_pretraining_data(cfg.data, tokenizer, family, nsp=cfg.model.nsp)
     if accelerator.is_main_process:

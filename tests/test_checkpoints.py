@@ -176,6 +176,8 @@ def test_refused_resume_names_working_values_and_leaves_the_run_alone(tmp_path, 
     with pytest.raises(ConfigError, match=r"it holds another model than this run builds \(hidden_size 32 vs 64; "):
         run_pretraining(wider)
     assert step_dirs(out) == ["step-00000003"]
+    with pytest.raises(ConfigError, match=r"global batch of 4"):  # so is another global batch (it was refused late)
+        run_pretraining(other)
 
 
 @pytest.mark.slow  # three tiny in-process training runs

@@ -21,6 +21,7 @@ from .checkpoints import (
     load_model_weights,
     model_meta,
     read_model_meta,
+    read_trainer_state,
     resolve_run_dir,
     set_rng_state,
 )
@@ -168,14 +169,19 @@ def check_same_model(path: Path, model: Any) -> None:
         )
 
 
-def check_resumable_model(candidate: Path, model: Any) -> None:
-    """check_same_model on the checkpoint a resume will most likely take, early (before the data are prepared).
-    One whose model.json does not read is left to the resume itself, which may fall back past it."""
+def check_resumable_model(candidate: Path, model: Any, cfg: TrainConfig, world: int) -> None:
+    """check_same_model and check_global_batch on the checkpoint a resume will most likely take, early (before
+    the data are prepared). One whose files do not read is left to the resume itself, which may fall back."""
     try:
         read_model_meta(candidate)
     except (OSError, ConfigError):
         return
     check_same_model(candidate, model)
+    try:
+        state = read_trainer_state(candidate)
+    except Exception:  # noqa: BLE001 - a torn pickle: the resume names it and falls back
+        return
+    check_global_batch(candidate, state, cfg, world)
 
 
 def log_data_change(run_config_file: Path, run_config: dict[str, Any], step: int) -> list[str]:
