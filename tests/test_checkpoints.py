@@ -68,6 +68,8 @@ def test_damaged_checkpoints_fall_back_to_the_previous_intact_one(tmp_path):
         "step-00000004: state/__0_0.distcp is corrupt (its sha256 differs from the one written)",
         "step-00000003: trainer_state.pt has 4 bytes, " + skipped[1].split(", ")[1],
     ]
+    manager.accept(chosen)  # the resume accepted: the cut-short write goes (it stayed on disk forever)
+    assert not (tmp_path / "step-00000005.tmp").exists() and (tmp_path / "step-00000004").exists()
     (tmp_path / "index.json").write_text('{"lineage": ["step-0000')  # a torn index: step order instead
     assert latest_checkpoint(tmp_path).name == "step-00000004"
 

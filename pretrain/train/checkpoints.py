@@ -41,8 +41,6 @@ from ..model import MultipleChoice, PretrainedModel, SequenceClassifier, TokenCl
 
 log = logging.getLogger(__name__)
 
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
 
 def model_meta(model: PretrainedModel | Transformer) -> dict[str, Any]:
     """What it takes to rebuild `model`: its config, head and head arguments."""
@@ -377,6 +375,9 @@ class CheckpointManager:
         if dropped or not (self.directory / INDEX).exists():
             self.directory.mkdir(parents=True, exist_ok=True)
             write_durably(self.directory / INDEX, json.dumps({"lineage": keep}))
+        for unfinished in self.directory.glob("step-*.tmp"):  # a write a kill cut short: never a checkpoint
+            log.info("removing %s, a checkpoint write that did not finish", unfinished)
+            shutil.rmtree(unfinished, ignore_errors=True)
 
     def save(
         self,
