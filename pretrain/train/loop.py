@@ -126,6 +126,8 @@ def setup_model(task: Task, cfg: TrainConfig, impl: ImplConfig, accelerator: Any
     model = task.model
     if impl.compile and parallelism != "fsdp":
         model = torch.compile(model)  # speed only; the first steps pay the compile time
+    elif impl.compile and accelerator.is_main_process:  # FSDP2's hooks on each block: not compiled here
+        log.warning("impl.compile=true is not applied under FSDP: the sharded model runs eagerly")
     if parallelism == "fsdp":
         full_model = distributed.FullModel(model)
         distributed.apply_fsdp(model, impl.precision)
