@@ -93,7 +93,7 @@ def test_pretrain_config_errors(tmp_path, override, words):
         ("blank.txt", b"\n  \n\t\n", ["the corpus is empty", "check data.paths"]),
         ("latin.txt", "caf\u00e9 au lait\n".encode("latin-1"), ["latin.txt is not valid UTF-8", "iconv"]),
         ("rows.jsonl", b'{"text": "a cat"}\n{"text": \n', ["rows.jsonl line 2 is not valid JSON", "fix or remove it"]),
-        ("lists.jsonl", b'["a", "b"]\n["c"]\n', ["lists.jsonl is not one JSON array", "one object per line"]),
+        ("lists.jsonl", b'["a", "b"]\n["c"]\n', ["lists.jsonl is neither JSON lines nor", "one object per line"]),
         ("text.txt.gz", b"not gzip at all\n", ["text.txt.gz is not a readable gzip file", "re-compress it"]),
         ("rows.parquet", b"PAR1 not parquet", ["rows.parquet is not a readable Parquet file"]),
     ],
@@ -538,9 +538,14 @@ def test_json_documents_and_a_gzip_file_without_its_suffix(tmp_path):
     (tmp_path / "object.json").write_text('{\n"rows": 3\n}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"object.json is one JSON object without a 'data' list"):
         list(json_rows(tmp_path / "object.json", "text"))
-    (tmp_path / "broken.jsonl").write_text('{"text": "a c\n{"text": "a dog"}\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"broken.jsonl line 1 is not valid JSON"):
+    (tmp_path / "blank_first.jsonl").write_text('\n\n{"text": "a cat"}\n{"text": "a dog"}\n', encoding="utf-8")
+    assert list(json_rows(tmp_path / "blank_first.jsonl", "text")) == ["a cat", "a dog"]
+    (tmp_path / "broken.jsonl").write_text('\n{"text": "a cat"}\n{"text": "a d\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"broken.jsonl line 3 is not valid JSON"):
         list(json_rows(tmp_path / "broken.jsonl", "text"))
+    rows_per_line = '{"data": [\n{"text": "a cat"},\n{"text": "a dog"}\n]}\n'  # pretty-printed, a row a line
+    (tmp_path / "per_line.json").write_text(rows_per_line, encoding="utf-8")
+    assert list(json_rows(tmp_path / "per_line.json", "text")) == ["a cat", "a dog"]
     (tmp_path / "corpus.txt").write_bytes(gzip.compress(b"some text\n"))
     with pytest.raises(DataError, match=r"corpus.txt is gzip-compressed; name it corpus.txt.gz, or decompress it"):
         list(decoded_lines(tmp_path / "corpus.txt"))

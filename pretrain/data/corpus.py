@@ -244,23 +244,28 @@ def by_layout(rows: Iterable[str], layout: str) -> Iterator[Document]:
 def json_rows(path: Path, column: str) -> Iterator[str]:
     """JSON lines (streamed), or one JSON array / {"data": [...]} (loaded: such files are small)."""
     lines = decoded_lines(path)
-    first = next(lines, None)
+    first, blank = next(lines, None), 0
+    while first is not None and not first[0].strip():  # blank lines before the first record
+        first, blank = next(lines, None), blank + 1
     if first is None:
         return
     start = first[0].strip()
-    if start.startswith("[") or start == "{":  # an array, or a pretty-printed object: one document
-        one_document = True
-    else:  # the first JSON-lines row (a broken one is named), or a whole {"data": [...]} on one line
-        record = _json_line(first[0], path, 1)
-        one_document = isinstance(record, dict) and column not in record and isinstance(record.get("data"), list)
+    one_document = start.startswith("[")
+    if start.startswith("{"):
+        try:  # one JSON-lines row; or {"data": [...]} whole on one line; or the start of a pretty-printed document
+            record = json.loads(first[0])
+            one_document = isinstance(record, dict) and column not in record and isinstance(record.get("data"), list)
+        except json.JSONDecodeError:
+            one_document = True
     if one_document:
         rest = "".join(line for line, _ in lines)
         try:
             records = json.loads(first[0] + rest)
         except json.JSONDecodeError as e:
             raise DataError(
-                f"data file {path} is not one JSON array ({e.msg}, line {e.lineno}); a .json / .jsonl file holds "
-                f"one object per line ({{{column!r}: ...}}) or one array of such objects"
+                f"data file {path} is neither JSON lines nor one JSON document ({e.msg}, line {e.lineno + blank}); "
+                f"a .json / .jsonl file holds one object per line ({{{column!r}: ...}}), or one array of such objects "
+                "(or {'data': [...]})"
             ) from None
         records = records.get("data", records) if isinstance(records, dict) else records
         if not isinstance(records, list):
@@ -268,7 +273,7 @@ def json_rows(path: Path, column: str) -> Iterator[str]:
         for r in records:
             yield _column(r, column, path)
         return
-    for number, (line, _) in enumerate(itertools.chain([first], lines), 1):
+    for number, (line, _) in enumerate(itertools.chain([first], lines), blank + 1):
         if line.strip():
             yield _column(_json_line(line, path, number), column, path)
 
