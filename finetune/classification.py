@@ -51,9 +51,9 @@ def exclude_rows(rows: list[dict[str, Any]], ids_file: str, id_columns: list[str
         raise FileNotFoundError(f"data.exclude_ids_file {path}: {not_a_file(path)}; give a .tsv of ids")
     excluded = set()
     for number, line in enumerate(read_utf8(path).splitlines(), start=1):
-        ids = tuple(line.strip().split("\t"))
-        if ids == ("",):
+        if not line.strip():
             continue
+        ids = tuple(line.rstrip("\r\n").split("\t"))  # an empty last id keeps its field
         if len(ids) != len(id_columns):  # another separator (a comma) would silently match nothing
             raise DataError(
                 f"{path}, line {number}: {len(ids)} tab-separated ids ({line.strip()!r:.60}), but data.id_columns "
@@ -139,7 +139,7 @@ def label_vocabulary(train_rows: list[dict[str, Any]], cfg: FinetuneDataConfig) 
         return [label_name(x) for x in cfg.label_names]
     values = {label_name(r[cfg.label_column]) for r in train_rows}
     numeric = all(v.lstrip("-").isdigit() for v in values)
-    score = next((v for v in sorted(values) if not v.lstrip("-").isdigit() and _is_number(v)), None)
+    score = next((v for v in sorted(values) if _is_number(v) and not float(v).is_integer()), None)
     if score is not None and all(_is_number(v) for v in values):  # STS-B's 3.8: a class per distinct score
         raise ConfigError(
             f"data.label_column={cfg.label_column!r} holds numbers such as {score}, not class names; set "

@@ -561,6 +561,8 @@ def test_file_rows_headers_and_labels(tmp_path):
         cls.label_vocabulary(scores, d)
     assert cls.label_vocabulary(scores, FinetuneDataConfig(label_names=["0", "3.8", "5"])) == ["0", "3.8", "5"]
     assert cls.label_vocabulary([{"label": "-1"}, {"label": "nan"}, {"label": "1"}], d) == ["-1", "1", "nan"]
+    assert cls.label_vocabulary([{"label": "+1"}, {"label": "-1"}], d) == ["+1", "-1"]  # SVM-light classes
+    assert cls.label_vocabulary([{"label": "0.0"}, {"label": "1.0"}], d) == ["0.0", "1.0"]  # pandas' float columns
     with pytest.raises(DataError, match=r"row 1: the regression target is True, not a number"):
         cls.check_columns([{"sentence": "a", "label": True}], FinetuneDataConfig(regression=True), "train.json")
     # a stray quote in a CSV is named (it swallowed the next lines into one example); line numbers count blanks
