@@ -500,3 +500,22 @@ def test_a_resume_on_changed_data_files_is_named(tmp_path, caplog):
         run_pretraining(cfg)
     assert "the data files changed since the checkpoint (sizes or contents)" in caplog.text
     assert "the run trains on the new data from step 4" in caplog.text
+
+
+@pytest.mark.slow  # tiny in-process training runs
+def test_a_checkpoint_of_the_earlier_batch_plan_is_named_on_a_resume_with_accumulation(tmp_path, caplog):
+    """Epochs are now cut into whole optimizer steps: with accumulation, a checkpoint written when they were cut
+    into global batches resumes onto other examples after its first epoch boundary; said, not silent."""
+    from pretrain.train.checkpoints import write_manifest
+
+    cfg = tiny_run(tmp_path, max_steps=2, save_every=2, eval_every=0, batch_size=2, grad_accum_steps=2)
+    run_pretraining(cfg)
+    step = Path(cfg.train.output_dir) / "checkpoints/step-00000002"
+    state = torch.load(step / "trainer_state.pt", weights_only=False)
+    assert state.pop("batch_plan") == 2
+    torch.save(state, step / "trainer_state.pt")
+    write_manifest(step)  # as the earlier version wrote it
+    cfg.train.max_steps = 3
+    with caplog.at_level(logging.WARNING):
+        run_pretraining(cfg)
+    assert "step-00000002 was written by a version whose epochs were cut into global batches" in caplog.text

@@ -303,6 +303,10 @@ def start_run(
         if main:
             log.info("resuming from %s (step %d)", resumed, run.step)
             log_schedule_change(state.get("schedule"), cfg, run.step)
+            if cfg.grad_accum_steps > 1 and state.get("batch_plan") is None:
+                log.warning("%s was written by a version whose epochs were cut into global batches, not optimizer "
+                            "steps: with gradient accumulation, the examples after its first epoch boundary are not "
+                            "the ones it would have trained on", resumed.name)  # fmt: skip
             if task.data_digest and state.get("data_digest") not in (None, task.data_digest):
                 log.warning("the data files changed since the checkpoint (sizes or contents): they were prepared "
                             "again, and the run trains on the new data from step %d", run.step)  # fmt: skip
@@ -390,6 +394,7 @@ def save(
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "elapsed_s": run.clock.elapsed_s,
             "data_digest": task.data_digest,
+            "batch_plan": 2,  # epochs of whole optimizer steps (BatchPlan); 1, unwritten: of global batches
         }
         torch.save(trainer_state, directory / "trainer_state.pt")
         if task.tokenizer is not None:
