@@ -344,6 +344,16 @@ def test_a_first_ctrl_c_asks_for_a_checkpoint_and_a_second_stops_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) == handler_before
+    # data workers ignore them (torchrun signals the whole group: a worker killed by one was a DataLoader error)
+    from pretrain.train.signals import ignore_stop_signals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        ignore_stop_signals(0)
+        assert all(signal.getsignal(s) == signal.SIG_IGN for s in before)
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
 
 
 def test_parallelism_and_working_batch_sizes(monkeypatch):

@@ -55,7 +55,7 @@ from .resume import (
     prepare_output_dir,
     unlock_output_dir,
 )
-from .signals import StopSignals, TrainingStopped
+from .signals import StopSignals, TrainingStopped, ignore_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +366,7 @@ def make_loader(
         collate_fn=task.collate,
         num_workers=num_workers,
         generator=torch.Generator(),  # never draws from the global RNG
+        worker_init_fn=ignore_stop_signals if num_workers else None,
     )
 
 

@@ -61,3 +61,11 @@ class StopSignals:
             self.name = self.name or "SIGTERM"
             return True
         return False
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Data workers leave Ctrl-C / SIGTERM to the main process, which saves at the step boundary (torchrun sends
+    them to the whole process group; a worker that died of one ended the run in a DataLoader error, unsaved)."""
+    for name in StopSignals.SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
