@@ -282,12 +282,19 @@ def write_durably(path: Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
+_HASHED: dict[tuple[str, int, int], str] = {}  # a start resolves a run several times: its files read once
+
+
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _HASHED[key] = digest.hexdigest()
+    return _HASHED[key]
 
 
 def _files(directory: Path) -> list[Path]:
