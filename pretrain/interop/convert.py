@@ -157,6 +157,8 @@ def fit_tokenizer_files(out: Path, tokenizer: Any, config: TransformerConfig) ->
         settings["model_input_names"] = [name for name in tokenizer.model_input_names if name != "token_type_ids"]
     if config.causal:  # truncation keeps a text's end, as our fine-tuning does: the classifier reads the last token
         settings["truncation_side"] = "left"
+        for rebuilds in ("add_bos_token", "add_eos_token"):  # on load they would rebuild the pair template below
+            settings.pop(rebuilds, None)
     config_file.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     backend = out / "tokenizer.json"
     if backend.is_file():
