@@ -93,7 +93,7 @@ def _refuse_deletions() -> None:
         )
 
 
-_sweep_output_dirs: dict[Path, int] = {}  # a multirun's jobs (one process, hydra's basic launcher): dir -> job
+_sweep_output_dirs: dict[tuple[str, Path], int] = {}  # (sweep dir, output dir) -> the job that has it
 
 
 def _refuse_shared_output_dir(raw: Any) -> None:
@@ -106,7 +106,7 @@ def _refuse_shared_output_dir(raw: Any) -> None:
         return
     out = Path(str(OmegaConf.select(raw, "train.output_dir"))).expanduser().resolve()
     job = HydraConfig.get().job.num
-    first = _sweep_output_dirs.setdefault(out, job)
+    first = _sweep_output_dirs.setdefault((str(HydraConfig.get().sweep.dir), out), job)  # one process: one sweep
     if first != job:
         raise ConfigError(
             f"train.output_dir={out} is the directory of job {first} of this multirun too: job {job} would "

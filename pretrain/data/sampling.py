@@ -94,7 +94,8 @@ _LINE_END = re.compile(r"\r\n|\r|\n")  # as decoded_lines (text mode) reads them
 
 
 def _window_sample(files: list[Path], total: int, budget_bytes: float, seed: int) -> Iterator[str]:
-    n_windows = max(1, round(budget_bytes / WINDOW))  # the nearest to the budget: 2 MB is two windows, not one
+    # the nearest to the budget (2 MB is two windows, not one), but no more than fit apart: windows would overlap
+    n_windows = max(1, min(round(budget_bytes / WINDOW), total // WINDOW))
     stride = total / n_windows
     rng = random.Random(seed)
     starts = [int(k * stride + rng.random() * max(0.0, stride - WINDOW)) for k in range(n_windows)]
