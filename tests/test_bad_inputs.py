@@ -437,8 +437,8 @@ def test_a_deleted_setting_is_refused_not_replaced_by_the_builtin_default(tmp_pa
 
 
 def test_fine_tuning_refuses_an_export_hugging_face_has_no_class_for_before_training():
-    """A ModernBERT token classifier or a Llama multiple-choice model trained, then failed in its export (no HF
-    class): train.export=true is refused when the task is built, before any step. Loading such a head from a
+    """A Llama span-QA or multiple-choice model trained, then failed in its export (no HF class mapped):
+    train.export=true is refused when the task is built, before any step. Loading such a head from a
     Hugging Face checkpoint initialises it fresh (it was an "internal mapping error")."""
     import transformers
 
@@ -447,9 +447,8 @@ def test_fine_tuning_refuses_an_export_hugging_face_has_no_class_for_before_trai
     from pretrain.interop import check_exportable
 
     tiny = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
-    modernbert = transformers.ModernBertForMaskedLM(transformers.ModernBertConfig(**tiny, pad_token_id=0))
     llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**tiny, max_position_embeddings=40))
-    for hf, head, kwargs in ((modernbert, "token_classification", {"num_labels": 3}), (llama, "multiple_choice", {})):
+    for hf, head, kwargs in ((llama, "qa", {}), (llama, "multiple_choice", {})):
         model = load_hf(hf, head=head, **kwargs)
         refused = r"train.export=true but the \w+ export maps no Hugging Face class for our"
         with pytest.raises(ConfigError, match=refused) as e:

@@ -203,6 +203,9 @@ MODERNBERT = dict(
         ("ModernBertForSequenceClassification", "cls"),
         ("ModernBertForSequenceClassification", "mean"),
         ("ModernBertForQuestionAnswering", "cls"),
+        ("ModernBertForTokenClassification", "cls"),
+        ("ModernBertForMultipleChoice", "cls"),
+        ("ModernBertForMultipleChoice", "mean"),
     ],
 )
 def test_modernbert_parity_both_ways(cls_name, pooling, tmp_path):

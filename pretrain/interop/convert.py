@@ -99,7 +99,7 @@ def hf_state_dict(model: AnyModel) -> dict[str, torch.Tensor]:
 
 
 def check_exportable(model: AnyModel, export: bool) -> None:
-    """With train.export=true, a model our export maps to no Hugging Face class (a ModernBERT token classifier; a BERT
+    """With train.export=true, a model our export maps to no Hugging Face class (a Llama multiple-choice model; a BERT
     pretraining head on a RoBERTa model.init) is refused before training, not after it."""
     if not export:
         return

@@ -24,6 +24,8 @@ class ModernBertAdapter(Adapter):
         "mlm": "ModernBertForMaskedLM",
         "classification": "ModernBertForSequenceClassification",
         "qa": "ModernBertForQuestionAnswering",
+        "token_classification": "ModernBertForTokenClassification",
+        "multiple_choice": "ModernBertForMultipleChoice",
     }
     description = "ModernBERT (ModernBertModel, ModernBertForMaskedLM, ...)"
 
@@ -167,8 +169,8 @@ class ModernBertAdapter(Adapter):
             if not model.config.tie_embeddings:
                 pairs.append(("mlm_head.decoder.weight", "decoder.weight", "copy"))
             return pairs
-        if head in ("classification", "qa"):
-            out = "classifier" if head == "classification" else "qa_outputs"
+        if head in ("classification", "qa", "token_classification", "multiple_choice"):  # head, then classifier
+            out = "qa_outputs" if head == "qa" else "classifier"
             pairs = [(o.format("head"), t, "copy") for o, t in transform]
             return pairs + [(f"{out}.{p}", f"classifier.{p}", "copy") for p in ("weight", "bias")]
         return []

@@ -61,14 +61,8 @@ class SequenceClassifier(PretrainedModel):
         )
         if self.config.causal:  # the rightmost attended position (left or right padding)
             features = last_token_features(out.last_hidden_state, attention_mask, input_ids, self.config.pad_token_id)
-        elif self.head is not None:  # ModernBERT: pool ([CLS] or the mean of real tokens), then transform
-            h = out.last_hidden_state
-            if self.config.classifier_pooling == "mean":
-                weights = torch.ones_like(h[..., 0]) if attention_mask is None else attention_mask.to(h.dtype)
-                h = (h * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True)
-            else:
-                h = h[:, 0]
-            features = self.head(h)
+        elif self.head is not None:
+            features = pooled_features(out.last_hidden_state, attention_mask, self.head, self.config.classifier_pooling)
         else:
             features = out.pooler_output
         if self.symmetric:
@@ -120,6 +114,17 @@ class SpanQA(PretrainedModel):
         return out
 
 
+def pooled_features(
+    h: torch.Tensor, attention_mask: torch.Tensor | None, head: nn.Module, pooling: str
+) -> torch.Tensor:
+    """(B, T, H) -> (B, H) as ModernBERT's sequence heads read it: [CLS] (`pooling="cls"`) or the mean of the real
+    tokens, then its head transform (dense -> act -> norm) instead of BERT's tanh pooler."""
+    if pooling == "mean":
+        weights = torch.ones_like(h[..., 0]) if attention_mask is None else attention_mask.to(h.dtype)
+        return head((h * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True))
+    return head(h[:, 0])
+
+
 def last_token_features(
     h: torch.Tensor, attention_mask: torch.Tensor | None, input_ids: torch.Tensor, pad_token_id: int | None
 ) -> torch.Tensor:
@@ -143,9 +148,10 @@ class TokenClassifier(PretrainedModel):
         if num_labels < 2:
             raise ValueError("num_labels must be >= 2 for token classification")
         self.num_labels = num_labels
+        self.head = HeadTransform(config) if config.head_transform else None  # ModernBERT: on every token
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
-        self._init_heads(self.classifier)
+        self._init_heads(*(m for m in (self.head, self.classifier) if m is not None))
 
     def forward(
         self,
@@ -156,7 +162,8 @@ class TokenClassifier(PretrainedModel):
         output_attentions: bool = False,
     ) -> ModelOutput:
         out = self.transformer(input_ids, attention_mask, token_type_ids, output_attentions=output_attentions)
-        out.logits = self.classifier(self.dropout(out.last_hidden_state))
+        h = out.last_hidden_state if self.head is None else self.head(out.last_hidden_state)
+        out.logits = self.classifier(self.dropout(h))
         if labels is not None:
             out.loss_terms["tokens"] = ce_term(out.logits.view(-1, self.num_labels), labels.reshape(-1))
         out.loss = mean_loss(out.loss_terms)
@@ -169,11 +176,12 @@ class MultipleChoice(PretrainedModel):
     GPT the last non-padding token, optionally with the auxiliary LM loss on every choice."""
 
     def __init__(self, config: TransformerConfig, lm_loss_weight: float = 0.0):
-        super().__init__(config, pooler=not config.causal)
+        super().__init__(config, pooler=not config.causal and not config.head_transform)
         self.lm_loss_weight = lm_loss_weight
+        self.head = HeadTransform(config) if config.head_transform and not config.causal else None
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.hidden_size, 1)
-        self._init_heads(self.classifier)
+        self._init_heads(*(m for m in (self.head, self.classifier) if m is not None))
         self._add_aux_lm_head(lm_loss_weight)
 
     def forward(
@@ -193,6 +201,8 @@ class MultipleChoice(PretrainedModel):
         out = self.transformer(ids, flat[0], flat[1], output_attentions=output_attentions)
         if self.config.causal:
             features = last_token_features(out.last_hidden_state, flat[0], ids, self.config.pad_token_id)
+        elif self.head is not None:
+            features = pooled_features(out.last_hidden_state, flat[0], self.head, self.config.classifier_pooling)
         else:
             features = out.pooler_output
         out.logits = self.classifier(self.dropout(features)).view(batch, choices)
