@@ -437,7 +437,7 @@ def test_a_deleted_setting_is_refused_not_replaced_by_the_builtin_default(tmp_pa
 
 
 def test_fine_tuning_refuses_an_export_hugging_face_has_no_class_for_before_training():
-    """A Llama span-QA or multiple-choice model trained, then failed in its export (no HF class mapped):
+    """A Llama multiple-choice model trained, then failed in its export (HF has no such class):
     train.export=true is refused when the task is built, before any step. Loading such a head from a
     Hugging Face checkpoint initialises it fresh (it was an "internal mapping error")."""
     import transformers
@@ -448,7 +448,7 @@ def test_fine_tuning_refuses_an_export_hugging_face_has_no_class_for_before_trai
 
     tiny = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**tiny, max_position_embeddings=40))
-    for hf, head, kwargs in ((llama, "qa", {}), (llama, "multiple_choice", {})):
+    for hf, head, kwargs in ((llama, "multiple_choice", {}),):
         model = load_hf(hf, head=head, **kwargs)
         refused = r"train.export=true but the \w+ export maps no Hugging Face class for our"
         with pytest.raises(ConfigError, match=refused) as e:

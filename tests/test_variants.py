@@ -71,6 +71,7 @@ def randomise_norms(model):
         "LlamaForCausalLM",
         "LlamaForSequenceClassification",
         "LlamaForTokenClassification",
+        "LlamaForQuestionAnswering",
     ],
 )
 def test_llama_parity_both_ways(cls_name, tied, tmp_path):

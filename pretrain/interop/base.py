@@ -203,6 +203,11 @@ class Adapter:
     def head_for(self, architecture: str) -> str | None:
         return {arch: head for head, arch in self.architectures.items()}.get(architecture)
 
+    def prefix_for(self, model: AnyModel) -> str:
+        """The trunk's attribute in the HF class of `model`'s head: the family's, but for a class that names it
+        otherwise."""
+        return self.prefix
+
     def full_table(self, model: AnyModel) -> tuple[list[Pair], list[Pair]]:
         """(trunk pairs, head pairs) with full names on both sides."""
         base = isinstance(model, Transformer)
@@ -211,13 +216,13 @@ class Adapter:
         if base:
             return trunk, []
         heads = self.head_pairs(model, head_name(model))
-        return [("transformer." + o, _prefix(self.prefix, t), how) for o, t, how in trunk], heads
+        return [("transformer." + o, _prefix(self.prefix_for(model), t), how) for o, t, how in trunk], heads
 
     def add_prefix(self, state: dict[str, torch.Tensor], model: AnyModel) -> dict[str, torch.Tensor]:
         """Base-model checkpoints have no trunk prefix while head models do (and vice versa)."""
         if isinstance(model, Transformer):
             return {k.removeprefix(self.prefix): v for k, v in state.items()}
-        return {(self.prefix + k if k.startswith(self.trunk_names) else k): v for k, v in state.items()}
+        return {(self.prefix_for(model) + k if k.startswith(self.trunk_names) else k): v for k, v in state.items()}
 
 
 def _prefix(prefix: str, theirs: Any) -> Any:

@@ -93,7 +93,7 @@ def hf_state_dict(model: AnyModel) -> dict[str, torch.Tensor]:
             out.update(zip(t, converted, strict=True))
         else:
             out[t] = converted
-    prefix = "" if isinstance(model, Transformer) else adapter.prefix
+    prefix = "" if isinstance(model, Transformer) else adapter.prefix_for(model)
     out.update({prefix + k: v for k, v in adapter.extra_hf_weights(model).items()})
     return {k: v.detach().contiguous().clone() for k, v in out.items()}
 

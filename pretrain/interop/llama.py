@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..model import TransformerConfig
 from .activations import ACT_TO_HF, activation_from_hf
-from .base import Adapter, AnyModel, Pair, is_modern, joined, register_family
+from .base import Adapter, AnyModel, Pair, head_name, is_modern, joined, register_family
 
 
 class LlamaAdapter(Adapter):
@@ -20,7 +20,7 @@ class LlamaAdapter(Adapter):
         "causal_lm": "LlamaForCausalLM",
         "classification": "LlamaForSequenceClassification",
         "token_classification": "LlamaForTokenClassification",
-        # not LlamaForQuestionAnswering: its trunk is under "transformer.", not the family's "model."
+        "qa": "LlamaForQuestionAnswering",
     }
     description = "Llama (LlamaModel, LlamaForCausalLM, LlamaForSequenceClassification, ...)"
 
@@ -134,7 +134,12 @@ class LlamaAdapter(Adapter):
             return [("classifier.weight", "score.weight", "copy")]
         if head == "token_classification":  # unlike the sequence score, this one has a bias
             return [("classifier.weight", "score.weight", "copy"), ("classifier.bias", "score.bias", "copy")]
+        if head == "qa":
+            return [("qa_outputs.weight", "qa_outputs.weight", "copy"), ("qa_outputs.bias", "qa_outputs.bias", "copy")]
         return []
+
+    def prefix_for(self, model: AnyModel) -> str:
+        return "transformer." if head_name(model) == "qa" else self.prefix  # LlamaForQuestionAnswering's own name
 
 
 LLAMA = register_family(LlamaAdapter())
