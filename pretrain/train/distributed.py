@@ -32,6 +32,17 @@ from ..errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def from_main(accelerator: Any, *values: Any) -> tuple[Any, ...]:
+    """The main process's `values` on every process (one broadcast; a single process keeps its own). A decision
+    the main process alone can make (a lock, a verified checkpoint, a refusal) reaches the others this way, so
+    none goes on alone or waits at a collective the main one never joins."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return values
+    from accelerate.utils import broadcast_object_list
+
+    return tuple(broadcast_object_list(list(values)))
+
+
 def resolve_parallelism(cfg: ImplConfig, world_size: int) -> str:
     """'single', 'ddp' or 'fsdp'."""
     requested = cfg.parallelism

@@ -89,10 +89,7 @@ def make_accelerator(cfg: TrainConfig, impl: ImplConfig) -> Any:
 def agree_on_output_dir(cfg: TrainConfig, accelerator: Any) -> None:
     """Every process takes the main process's train.output_dir: the default run name is a timestamp,
     which two processes started a second apart would compute differently."""
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        cfg.output_dir = broadcast_object_list([cfg.output_dir])[0]
+    (cfg.output_dir,) = distributed.from_main(accelerator, cfg.output_dir)
 
 
 # ----------------------------------------------------------------------------- the run's state

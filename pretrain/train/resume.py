@@ -50,10 +50,7 @@ def prepare_output_dir(cfg: TrainConfig, accelerator: Any = None) -> Path | None
             lock_output_dir(out)
         except ConfigError as e:
             refusal = str(e)
-    if accelerator is not None and accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        refusal = broadcast_object_list([refusal])[0]
+    (refusal,) = distributed.from_main(accelerator, refusal)
     if refusal is not None:
         raise ConfigError(refusal)
     if cfg.resume is None:
@@ -247,10 +244,7 @@ def choose_checkpoint(
                 log.warning("checkpoint %s; falling back to the previous one", line)
             if chosen is None:
                 log.warning("no checkpoint of this run's lineage in %s; starting from scratch", manager.directory)
-    if accelerator.num_processes > 1:  # the refusal too: every process stops, none waits for the main one
-        from accelerate.utils import broadcast_object_list
-
-        chosen, problem = broadcast_object_list([chosen, problem])
+    chosen, problem = distributed.from_main(accelerator, chosen, problem)  # the refusal too: every process stops
     if problem is not None:
         raise ConfigError(problem)
     return chosen
