@@ -27,6 +27,7 @@ SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "sample_data" / "shakes
 LINES_PER_PSEUDO_DOCUMENT = 100  # a text without blank lines, or rows of sentences: documents of this many lines
 MAX_DOCUMENT_LINES = 10_000  # a longer run of lines is cut: memory stays bounded whatever the file
 SUFFIX_FORMATS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+EMPTY_CORPUS = "the corpus is empty: no non-blank document was found in the data; check data.paths"
 _WIKITEXT_TITLE = re.compile(r"\s*= [^=].* =\s*")  # ` = Title = `; sections are ` = = Section = = `
 
 
@@ -413,7 +414,7 @@ def load_documents(cfg: DataConfig) -> list[dict[str, str]]:
     """All documents as rows {"text": ...}: for small corpora and tests; training streams them."""
     docs = [{"text": d.text} for d in iter_documents(cfg)]
     if not docs:
-        raise DataError("the corpus is empty: no non-blank document was found in the data; check data.paths")
+        raise DataError(EMPTY_CORPUS)
     return docs
 
 

@@ -40,14 +40,20 @@ def corpus_digest(cfg: DataConfig) -> str | None:
     return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]
 
 
+_BLOCK_HASHES: dict[tuple[str, int, int], str] = {}  # a start stamps the corpus 3 times: its blocks read once
+
+
 def _file_stamp(path: Path) -> list[Any]:
     st = path.stat()
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for at in sorted({0, max(0, st.st_size // 2 - SAMPLE_BLOCK // 2), max(0, st.st_size - SAMPLE_BLOCK)}):
-            f.seek(at)
-            h.update(f.read(SAMPLE_BLOCK))
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns, h.hexdigest()[:16]]
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _BLOCK_HASHES:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for at in sorted({0, max(0, st.st_size // 2 - SAMPLE_BLOCK // 2), max(0, st.st_size - SAMPLE_BLOCK)}):
+                f.seek(at)
+                h.update(f.read(SAMPLE_BLOCK))
+        _BLOCK_HASHES[key] = h.hexdigest()[:16]
+    return [*key, _BLOCK_HASHES[key]]
 
 
 def corpus_bytes(cfg: DataConfig) -> int | None:

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
-from .corpus import iter_documents, split_sentences
+from .corpus import EMPTY_CORPUS, iter_documents, split_sentences
 from .sampling import corpus_bytes, corpus_stamp, cpu_count
 
 log = logging.getLogger(__name__)
@@ -307,7 +307,7 @@ def _blocks(cfg: DataConfig) -> Iterator[tuple[list[str], list[str], int]]:
             yield split(False)
             block, nbytes, index = [], 0, index + 1
     if n_docs == 0:
-        raise DataError("the corpus is empty: no non-blank document was found in the data; check data.paths")
+        raise DataError(EMPTY_CORPUS)
     yield split(True)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from ..config import DataConfig
 from ..errors import DataError
 from ..tokenizer import BERT_SPECIALS, load_tokenizer, train_tokenizer
+from .corpus import EMPTY_CORPUS
 from .sampling import corpus_stamp, sample_texts
 from .shards import cache_entry, cache_root, key_of, tokenizer_threads
 
@@ -78,7 +79,7 @@ def check_learned(size: int, family: str, cfg: DataConfig, sample: _Counted) -> 
         f"{sample.nbytes / 1e6:.2f} MB in {sample.count} texts, of data.tokenizer_sample_mb={cfg.tokenizer_sample_mb:g}"
     )
     if sample.count == 0:  # nothing read at all (blank files): the message preparation gives
-        raise DataError("the corpus is empty: no non-blank document was found in the data; check data.paths")
+        raise DataError(EMPTY_CORPUS)
     if size <= alphabet < cfg.vocab_size:
         holds = "no text" if not sample.nbytes else "no piece of text seen twice"
         raise DataError(
