@@ -113,7 +113,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, float]:
     if cfg.model.dropout is not None:
         set_dropout(task.model, cfg.model.dropout)
     if cfg.eval_per_epoch and cfg.train.eval_every:  # set by hand: it wins over the per-epoch default
-        log.info("train.eval_every=%d: evaluating every %d steps, not once per epoch", *[cfg.train.eval_every] * 2)
+        log.info("train.eval_every=%d: evaluating at that interval, not once per epoch", cfg.train.eval_every)
     elif cfg.eval_per_epoch:
         global_batch = cfg.train.batch_size * accelerator.num_processes * cfg.train.grad_accum_steps
         cfg.train.eval_every = max(1, len(task.train_data) // global_batch)
